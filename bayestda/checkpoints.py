@@ -1,0 +1,75 @@
+"""Checkpoint files: weights plus the config they were trained with, so later steps need no flags.
+
+`load_checkpoint(path) -> (model, config)` rebuilds any model in eval mode on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .io import atomic_torch_save
+from .models import build_model
+from .paths import checkpoint_file, last_epochs, metrics_file
+
+FORMAT = "bayestda-checkpoint-v1"
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict) -> None:
+    """Atomically write weights, optimizer state (to continue training exactly) and config."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_torch_save(
+        {"format": FORMAT, "config": config, "state_dict": state, "optimizer_state": optimizer.state_dict()}, path
+    )
+
+
+def read_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; train it first (python train_cnn.py --help)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a bayestda checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
+    """The model of a checkpoint, in eval mode on CPU, and the config it was trained with."""
+    ckpt = read_checkpoint(path)
+    config = ckpt["config"]
+    model = build_model(config["arch"], config["task"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), config
+
+
+def read_metrics(seed_dir: Path) -> dict | None:
+    path = metrics_file(seed_dir)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def seed_is_complete(seed_dir: Path, config: dict) -> bool:
+    """True when the run in `seed_dir` finished with this config; an error when it finished with another."""
+    metrics = read_metrics(seed_dir)
+    if metrics is None:
+        return False
+    done = metrics["config"]
+    if done != config:
+        diff = sorted(k for k in done.keys() | config.keys() if done.get(k) != config.get(k))
+        raise UserError(
+            f"{seed_dir} holds a run trained with other settings ({', '.join(diff)} differ); "
+            "pass --overwrite to retrain it, or --out_root to write elsewhere"
+        )
+    return all(checkpoint_file(seed_dir, e).is_file() for e in last_epochs(config["epochs"]))
+
+
+def seed_checkpoints(seed_dir: Path, train_command: str) -> list[Path]:
+    """The posterior-sample checkpoints of a finished seed, oldest first; a clear error if unfinished."""
+    metrics = read_metrics(seed_dir)
+    paths = [] if metrics is None else [checkpoint_file(seed_dir, e) for e in last_epochs(metrics["config"]["epochs"])]
+    if metrics is None or not all(p.is_file() for p in paths):
+        raise UserError(f"{seed_dir} has no finished training run; make it with: {train_command}")
+    return paths

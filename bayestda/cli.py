@@ -1,0 +1,64 @@
+"""Flags shared by every step script, and the wrapper that turns errors into one line for the user."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import torch
+
+from .data import TASKS
+from .errors import UserError
+from .paths import DATA_ROOT_ENV
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error that points at --help."""
+
+    def __init__(self, description: str, **kwargs):
+        super().__init__(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_common_args(p: argparse.ArgumentParser, *, num_per_class: bool = True, seed_id: bool = True) -> None:
+    """The flags common to every step (../shared/DESIGN.md)."""
+    p.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
+    if num_per_class:
+        p.add_argument("--num_per_class", type=int, required=True, help="training images per class (10..60)")
+    if seed_id:
+        p.add_argument("--seed_id", type=int, default=None, help="line K (0-based) of seeds.txt; default: every seed")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--data_root",
+        default=None,
+        help=f"folder holding MNIST/raw and cifar-10-batches-py; default ${DATA_ROOT_ENV}, else ./data",
+    )
+    p.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/; default: the repository")
+    p.add_argument("--overwrite", action="store_true", help="redo work whose outputs already exist")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a script's main: a UserError becomes `error: ...` on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept, rerun to continue", file=sys.stderr)
+        sys.exit(130)

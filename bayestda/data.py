@@ -1,0 +1,265 @@
+"""Datasets, committed subset index files, and the in-memory tensors every step trains and scores on.
+
+Images are loaded through torchvision (which downloads them when absent and the network allows),
+preprocessed as in the paper (ToTensor for MNIST; ToTensor + Normalize(0.5, 0.5) for CIFAR-10),
+and kept as one tensor per split: the subsets are tiny, so no DataLoader is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import CIFAR10, MNIST
+
+from .errors import UserError
+from .paths import REPO_ROOT, find_subset_file
+
+SUBSET_SIZES = (10, 20, 30, 40, 50, 60)
+SUBSET_RNG_SEED = 20231210  # fixed: the committed index files are regenerated bit for bit from it
+
+# The offline CIFAR-10 copy (../shared/datasets/build_cifar10.py) has exact pixels for the first 761
+# images of every 10,000-image batch and JPEG-degraded pixels elsewhere. Subsets are drawn from those
+# exact images only, so results here equal results on the official release. Batches are already in
+# random order, so this is still a uniform random draw per class.
+CIFAR_EXACT_PER_BATCH = 761
+CIFAR_BATCH_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    dataset: str  # "mnist" or "cifar10"
+    classes: tuple[int, ...]
+    test_per_class: int
+    epochs: int  # the paper's training budget
+    in_channels: int
+    kernel_size: int  # of the CNN's convolutions
+    num_outputs: int = 10  # the paper keeps 10 logits for MNIST3 too
+
+
+TASKS = {
+    "mnist3": TaskSpec("mnist3", "mnist", (0, 1, 2), test_per_class=300, epochs=15, in_channels=1, kernel_size=3),
+    "cifar10": TaskSpec(
+        "cifar10", "cifar10", tuple(range(10)), test_per_class=50, epochs=30, in_channels=3, kernel_size=5
+    ),
+}
+
+
+def get_task(task: str) -> TaskSpec:
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+# ----------------------------------------------------------------------------- raw splits
+
+
+class _UnverifiedCIFAR10(CIFAR10):
+    """torchvision's CIFAR10 minus the md5 check, for a local copy whose bytes differ from the release."""
+
+    def _check_integrity(self) -> bool:
+        return all(
+            os.path.isfile(os.path.join(self.root, self.base_folder, name))
+            for name, _ in self.train_list + self.test_list
+        )
+
+    def _load_meta(self) -> None:
+        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+def _try_download(cls, root: Path, train: bool):
+    try:
+        return cls(str(root), train=train, download=True)
+    except Exception as exc:  # no network, mirror down, disk full: all mean "not available"
+        return exc
+
+
+def _load_mnist(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        ds = MNIST(str(root), train=train, download=False)
+    except RuntimeError:
+        ds = _try_download(MNIST, root, train)
+        if isinstance(ds, Exception):
+            raise UserError(
+                f"MNIST not found: looked for {root / 'MNIST' / 'raw'} and the download failed ({type(ds).__name__}). "
+                f"Pass --data_root or set BAYESTDA_DATA_ROOT to a folder holding MNIST/raw "
+                f"(offline here: ../shared/datasets)"
+            ) from None
+    return ds.data.numpy(), ds.targets.numpy()
+
+
+@cache
+def _warn_unverified_cifar(folder: str) -> None:
+    msg = (
+        f"CIFAR-10 at {folder} does not match torchvision's md5 sums; loading it UNVERIFIED. "
+        "If it is the offline copy built by build_cifar10.py, images outside the first 761 of each batch "
+        "are JPEG-degraded (the committed subsets use only the exact ones)."
+    )
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _load_cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        ds = CIFAR10(str(root), train=train, download=False)
+    except RuntimeError:
+        probe = _UnverifiedCIFAR10.__new__(_UnverifiedCIFAR10)
+        probe.root = str(root)
+        if probe._check_integrity():
+            _warn_unverified_cifar(str(root / CIFAR10.base_folder))
+            ds = _UnverifiedCIFAR10(str(root), train=train, download=False)
+        else:
+            ds = _try_download(CIFAR10, root, train)
+            if isinstance(ds, Exception):
+                raise UserError(
+                    f"CIFAR-10 not found: looked for {root / CIFAR10.base_folder} and the download failed "
+                    f"({type(ds).__name__}). Offline, build a copy with "
+                    f"`python ../shared/datasets/build_cifar10.py {root}` or pass --data_root / BAYESTDA_DATA_ROOT"
+                ) from None
+    return np.asarray(ds.data), np.asarray(ds.targets)
+
+
+@lru_cache(maxsize=4)
+def load_split(task: str, train: bool, data_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Raw uint8 images (MNIST: N×28×28, CIFAR-10: N×32×32×3) and labels of a whole torchvision split."""
+    spec = get_task(task)
+    loader = _load_mnist if spec.dataset == "mnist" else _load_cifar10
+    return loader(Path(data_root), train)
+
+
+def preprocess(task: str, images: np.ndarray) -> torch.Tensor:
+    """The paper's transforms, applied to a batch: equal bit for bit to torchvision's ToTensor (+ Normalize)."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if get_task(task).dataset == "mnist":
+        return x.unsqueeze(1).float().div(255)
+    x = x.permute(0, 3, 1, 2).float().div(255)
+    return x.sub(0.5).div(0.5)
+
+
+# ----------------------------------------------------------------------------- subsets
+
+
+def candidate_pool(task: str, train: bool, n_images: int) -> np.ndarray:
+    """Indices a subset may be drawn from: all of them, or for CIFAR-10 the exactly-reproduced images."""
+    idx = np.arange(n_images)
+    if get_task(task).dataset == "cifar10":
+        idx = idx[idx % CIFAR_BATCH_SIZE < CIFAR_EXACT_PER_BATCH]
+    return idx
+
+
+def draw_class_orders(task: str, labels: np.ndarray, train: bool, per_class: int, seed: int = SUBSET_RNG_SEED):
+    """For each class, a random order of `per_class` candidate indices; prefixes of it nest by construction."""
+    spec = get_task(task)
+    rng = np.random.default_rng([seed, int(train)])
+    pool = candidate_pool(task, train, len(labels))
+    orders = {}
+    for c in spec.classes:
+        members = pool[labels[pool] == c]
+        if len(members) < per_class:
+            raise UserError(f"{task}: class {c} has only {len(members)} candidate images, {per_class} requested")
+        orders[c] = rng.permutation(members)[:per_class]
+    return orders
+
+
+def nested_train_subsets(task: str, labels: np.ndarray, sizes=SUBSET_SIZES, seed: int = SUBSET_RNG_SEED):
+    """{n: sorted indices with n per class}; each smaller subset lies inside every larger one."""
+    orders = draw_class_orders(task, labels, train=True, per_class=max(sizes), seed=seed)
+    return {n: np.sort(np.concatenate([o[:n] for o in orders.values()])) for n in sizes}
+
+
+def test_subset(task: str, labels: np.ndarray, seed: int = SUBSET_RNG_SEED) -> np.ndarray:
+    spec = get_task(task)
+    orders = draw_class_orders(task, labels, train=False, per_class=spec.test_per_class, seed=seed)
+    return np.sort(np.concatenate(list(orders.values())))
+
+
+def format_indices(indices: np.ndarray) -> str:
+    return "".join(f"{int(i)}\n" for i in indices)
+
+
+def read_indices(path: Path) -> np.ndarray:
+    return np.array([int(line) for line in Path(path).read_text().split()], dtype=np.int64)
+
+
+def available_sizes(out_root: Path, task: str) -> list[int]:
+    sizes = set()
+    for root in {out_root, REPO_ROOT}:
+        for p in (root / "data" / task).glob("train_subset_*pc.txt"):
+            sizes.add(int(p.stem.removeprefix("train_subset_").removesuffix("pc")))
+    return sorted(sizes)
+
+
+def subset_indices(task: str, split: str, num_per_class: int | None, out_root: Path) -> np.ndarray:
+    """The committed indices of the train subset (n per class) or of the test subset."""
+    get_task(task)
+    name = f"train_subset_{num_per_class}pc.txt" if split == "train" else "test_subset.txt"
+    path = find_subset_file(out_root, name, task)
+    if path is None:
+        have = ", ".join(map(str, available_sizes(out_root, task))) or "none"
+        what = f"training subset with {num_per_class} per class" if split == "train" else "test subset"
+        raise UserError(
+            f"no {what} for {task} (looked for data/{task}/{name}; train sizes present: {have}). "
+            f"Create it with: python make_subsets.py --task {task}"
+            + (f" --num_per_class {num_per_class}" if split == "train" else "")
+        )
+    return read_indices(path)
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Preprocessed images, labels, and their indices into the torchvision split, in file order."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device) -> Subset:
+        return Subset(self.x.to(device), self.y.to(device), self.idx)
+
+
+def load_subset(task: str, split: str, num_per_class: int | None, data_root: Path, out_root: Path) -> Subset:
+    """Tensors for the train subset (n per class) or the test subset of a task."""
+    idx = subset_indices(task, split, num_per_class, out_root)
+    images, labels = load_split(task, split == "train", Path(data_root))
+    if idx.max(initial=-1) >= len(labels):
+        raise UserError(f"{task} {split} subset has index {idx.max()} but the split has {len(labels)} images")
+    return Subset(preprocess(task, images[idx]), torch.from_numpy(labels[idx].astype(np.int64)), torch.from_numpy(idx))
+
+
+def write_subsets(task: str, data_root: Path, out_root: Path, sizes=SUBSET_SIZES, overwrite: bool = False) -> list[str]:
+    """Step 0: draw the nested train subsets and the test subset and write their index files.
+
+    Drawing is deterministic, so a rerun reproduces the committed files; a file that differs is
+    only replaced with `overwrite`. Returns one status line per file.
+    """
+    from .io import atomic_write_text
+    from .paths import test_subset_file, train_subset_file
+
+    _, train_labels = load_split(task, True, Path(data_root))
+    _, test_labels = load_split(task, False, Path(data_root))
+    files = {
+        train_subset_file(out_root, task, n): idx for n, idx in nested_train_subsets(task, train_labels, sizes).items()
+    }
+    files[test_subset_file(out_root, task)] = test_subset(task, test_labels)
+    report = []
+    for path, idx in files.items():
+        text = format_indices(idx)
+        if path.exists() and path.read_text() == text:
+            report.append(f"{path}: up to date")
+            continue
+        if path.exists() and not overwrite:
+            raise UserError(f"{path} exists with other indices; pass --overwrite to replace it")
+        atomic_write_text(text, path)
+        report.append(f"{path}: written ({len(idx)} indices)")
+    return report

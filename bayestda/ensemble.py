@@ -1,0 +1,115 @@
+"""Step 1a: train the seed-indexed CNN ensemble whose last-5-epoch checkpoints are posterior samples."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoints import save_checkpoint, seed_is_complete
+from .data import Subset, get_task, load_subset
+from .io import atomic_write_json, remove_stale_temp_files
+from .models import ARCHS
+from .paths import checkpoint_file, last_epochs, metrics_file, seed_model_dir
+from .posterior import model_name, posterior_seeds
+from .training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """What a training run depends on; everything else (seed) varies across ensemble members."""
+
+    task: str
+    num_per_class: int
+    arch: str = "cnn2"
+    posterior: str = "de"
+    epochs: int | None = None  # None: the paper's budget for the task
+
+    @property
+    def model(self) -> str:
+        return model_name(ARCHS[self.arch], self.posterior)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs or get_task(self.task).epochs)
+
+
+def indices_digest(idx: torch.Tensor) -> str:
+    return hashlib.sha1(idx.numpy().tobytes()).hexdigest()[:16]
+
+
+def run_config(spec: EnsembleSpec, seed: int, train_data: Subset) -> dict:
+    """Everything that shaped a seed's weights; stored in each checkpoint and in metrics.json."""
+    init_seed, batch_seed = posterior_seeds(spec.posterior, seed)
+    return {
+        "family": "cnn",
+        "model": spec.model,
+        "arch": spec.arch,
+        "task": spec.task,
+        "num_per_class": spec.num_per_class,
+        "seed": seed,
+        "posterior": spec.posterior,
+        "init_seed": init_seed,
+        "batch_seed": batch_seed,
+        "n_train": len(train_data),
+        "train_idx_sha1": indices_digest(train_data.idx),
+        **spec.train_config.as_dict(),
+    }
+
+
+def train_seed(spec: EnsembleSpec, seed: int, train_data: Subset, test_data: Subset, seed_dir: Path, device) -> dict:
+    """Train one ensemble member, writing its last 5 checkpoints and then metrics.json (the done marker)."""
+    config = run_config(spec, seed, train_data)
+    cfg = spec.train_config
+    remove_stale_temp_files(seed_dir)
+    metrics_file(seed_dir).unlink(missing_ok=True)  # a rerun with --overwrite is unfinished until the end
+    model = init_model(spec.arch, spec.task, config["init_seed"]).to(device)
+    optimizer = make_optimizer(model, cfg)
+    orders = batch_orders(len(train_data), cfg.epochs, config["batch_seed"])
+    keep = set(last_epochs(cfg.epochs))
+    history = []
+
+    def on_epoch_end(epoch, model, optimizer, train_loss):
+        test_losses, test_acc = evaluate(model, test_data)
+        history.append(
+            {"epoch": epoch, "train_loss": train_loss, "test_loss": test_losses.mean().item(), "test_acc": test_acc}
+        )
+        if epoch in keep:
+            save_checkpoint(checkpoint_file(seed_dir, epoch), model, optimizer, {**config, "epoch": epoch})
+
+    start = time.perf_counter()
+    bar = lambda it: tqdm(it, desc=f"seed {seed}", unit="epoch", leave=False)  # noqa: E731
+    train(model, optimizer, train_data, orders, cfg, on_epoch_end=on_epoch_end, progress=bar)
+    metrics = {
+        "config": config,
+        "epochs": history,
+        "final_test_acc": history[-1]["test_acc"],
+        "wall_time_s": round(time.perf_counter() - start, 3),
+        "device": str(device),
+        "versions": {"torch": torch.__version__, "bayestda": __version__},
+    }
+    atomic_write_json(metrics, metrics_file(seed_dir))
+    return metrics
+
+
+def train_ensemble(
+    spec: EnsembleSpec, seeds: list[int], data_root: Path, out_root: Path, device, overwrite: bool = False
+):
+    """Train every seed that is not already finished; returns {seed: metrics or None if skipped}."""
+    train_data = load_subset(spec.task, "train", spec.num_per_class, data_root, out_root)
+    test_data = load_subset(spec.task, "test", None, data_root, out_root).to(device)
+    seed_dirs = {seed: seed_model_dir(out_root, spec.model, spec.task, spec.num_per_class, seed) for seed in seeds}
+    # Plan first, so a conflicting earlier run is reported before any work starts.
+    done = {s for s, d in seed_dirs.items() if not overwrite and seed_is_complete(d, run_config(spec, s, train_data))}
+    results = dict.fromkeys(done)
+    todo = [s for s in seeds if s not in done]
+    for seed in tqdm(
+        todo, desc=f"train {spec.model} {spec.task} {spec.num_per_class}pc", unit="seed", disable=not todo
+    ):
+        results[seed] = train_seed(spec, seed, train_data, test_data, seed_dirs[seed], device)
+    return {seed: results[seed] for seed in seeds}
