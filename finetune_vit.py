@@ -4,5 +4,7 @@
 import sys
 
 if __name__ == "__main__":
-    print("error: finetune_vit.py is not implemented yet (ViT + LoRA issue); use train_cnn.py for step 1", file=sys.stderr)
+    print(
+        "error: finetune_vit.py is not implemented yet (ViT + LoRA issue); use train_cnn.py for step 1", file=sys.stderr
+    )
     sys.exit(2)

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path` (atomic on POSIX)."""
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call `write(file)` on a temp file in the same folder, fsync, then rename it over `path` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -30,11 +30,11 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save` that leaves either the old file or the complete new one, never a partial one."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(text), mode="w")
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:
@@ -46,3 +46,13 @@ def remove_stale_temp_files(folder: Path) -> None:
     if folder.is_dir():
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+
+
+def atomic_write_csv(frame, path: Path, float_format: str = "%.7g") -> None:
+    """A pandas DataFrame as CSV, index included (dataset indices label rows and columns)."""
+    atomic_write_text(frame.to_csv(float_format=float_format), path)
+
+
+def atomic_savefig(fig, path: Path) -> None:
+    """Save a matplotlib figure in the format its suffix names (png, pdf)."""
+    atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], bbox_inches="tight", dpi=150))

@@ -96,3 +96,14 @@ def score_file(out_root: Path, model: str, method: str, task: str, num_per_class
 
 def results_dir(out_root: Path, model: str, task: str, num_per_class: int) -> Path:
     return out_root / "results" / experiment_name(model, task, num_per_class)
+
+
+VARIANT_FLAG = {"loo": "--protocol", "if": "--solver"}
+
+
+def score_command(model: str, method: str, task: str, num_per_class: int) -> str:
+    """The step-2 command that writes a method's score files (every missing seed when run without --seed_id)."""
+    family, _, variant = method.partition("-")
+    folder = "tda_vit_scripts" if model.split("-")[0] == "vit" else "tda_cnn_scripts"
+    cmd = f"python {folder}/{family}.py --model {model} --task {task} --num_per_class {num_per_class}"
+    return cmd + (f" {VARIANT_FLAG[family]} {variant}" if variant else "")

@@ -1,0 +1,84 @@
+"""Steps 3 and 4: write the p-value and correlation results of one experiment under results/<experiment>/.
+
+Each step writes a manifest last, holding a digest of its input score files. A rerun on unchanged
+inputs is skipped unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import __version__, plots
+from .correlations import correlation_tables
+from .io import atomic_write_csv, atomic_write_json
+from .statistics import P_TYPES, Experiment, pair_frame, pair_stats, summary_rows
+
+
+def _up_to_date(manifest: Path, inputs: dict) -> bool:
+    return manifest.is_file() and json.loads(manifest.read_text()).get("inputs") == inputs
+
+
+def _inputs(exp: Experiment, **extra) -> dict:
+    return {"methods": exp.methods, "seeds": exp.seeds, "score_digest": exp.input_digest(), **extra}
+
+
+def write_pvalues(exp: Experiment, max_ckpts: int = 5, overwrite: bool = False) -> Path | None:
+    """Per-pair μ, σ and p-values for every method and k, mean_p_values.csv, summary.csv and figures.
+
+    Returns the results folder, or None when it was already up to date.
+    """
+    out = exp.results_dir
+    ks = list(range(1, min(max_ckpts, exp.n_ckpts) + 1))
+    manifest = out / "pvalues_manifest.json"
+    inputs = _inputs(exp, num_ckpts=ks)
+    if not overwrite and _up_to_date(manifest, inputs):
+        return None
+    rows, mean_p = [], {t: pd.DataFrame(index=pd.Index(ks, name="num_ckpts")) for t in P_TYPES}
+    last_p = {t: {} for t in P_TYPES}
+    for method in tqdm(exp.methods, desc=f"p-values {exp.name}", unit="method"):
+        scores = exp.scores(method)
+        for k in ks:
+            s = pair_stats(scores, k)
+            atomic_write_csv(pair_frame(s.mu, exp), out / "mu" / f"{method}_k{k}.csv")
+            atomic_write_csv(pair_frame(s.sigma, exp), out / "sigma" / f"{method}_k{k}.csv")
+            for t in P_TYPES:
+                atomic_write_csv(pair_frame(s.p[t], exp), out / "pvalues" / f"{method}_k{k}_{t}.csv")
+                mean_p[t].loc[k, method] = s.p[t].mean()
+            atomic_write_csv(pair_frame(s.p_fdr["t"], exp), out / "pvalues" / f"{method}_k{k}_t_fdr.csv")
+            rows += summary_rows(method, k, s, len(exp.seeds))
+        plots.mu_sigma_scatter(s.mu, s.sigma, method, out / "figures" / f"mu_sigma_{method}_k{k}")
+        for t in P_TYPES:
+            last_p[t][method] = s.p[t]
+    for t in P_TYPES:
+        name = "mean_p_values.csv" if t == "paper" else f"mean_p_values_{t}.csv"
+        atomic_write_csv(mean_p[t], out / name, float_format="%.6f")
+        plots.mean_p_vs_checkpoints(mean_p[t], out / "figures" / f"mean_p_vs_num_ckpts_{t}", t)
+        plots.p_value_histograms(last_p[t], out / "figures" / f"p_value_hist_{t}_k{ks[-1]}", t)
+    atomic_write_csv(pd.DataFrame(rows).set_index(["method", "num_ckpts", "p_type"]), out / "summary.csv", "%.6f")
+    atomic_write_json({"inputs": inputs, "score_configs": exp.configs, "bayestda": __version__}, manifest)
+    return out
+
+
+def write_correlations(exp: Experiment, num_ckpts: int = 5, overwrite: bool = False) -> Path | None:
+    """Pearson and Spearman method × method matrices (raw and sign-aligned) as CSV and heatmaps."""
+    out = exp.results_dir
+    k = min(num_ckpts, exp.n_ckpts)
+    manifest = out / "correlations_manifest.json"
+    inputs = _inputs(exp, num_ckpts=k)
+    if not overwrite and _up_to_date(manifest, inputs):
+        return None
+    per_method = {
+        m: pair_stats(exp.scores(m), k) for m in tqdm(exp.methods, desc=f"statistics {exp.name}", unit="method")
+    }
+    tables = correlation_tables(per_method, exp.signs)
+    for (kind, q, version), table in tqdm(tables.items(), desc="correlation figures", unit="matrix"):
+        stem = f"{kind}_{q}_{version}"
+        atomic_write_csv(table, out / "correlations" / f"{stem}.csv", float_format="%.6f")
+        title = f"{kind.capitalize()} of {q} ({version} signs), k={k}"
+        plots.correlation_heatmap(table, title, out / "figures" / f"corr_{stem}")
+    atomic_write_json({"inputs": inputs, "signs": exp.signs, "bayestda": __version__}, manifest)
+    return out

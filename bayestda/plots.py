@@ -1,0 +1,76 @@
+"""Figures of steps 3 and 4, each saved as PNG and PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .io import atomic_savefig
+
+METHOD_LABELS = {"loo": "LOO", "ats": "ATS", "if": "IF", "gd": "GD", "gc": "GC"}
+
+
+def label(method: str) -> str:
+    family, _, variant = method.partition("-")
+    return METHOD_LABELS.get(family, family) + (f" ({variant})" if variant else "")
+
+
+def save(fig, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for path in paths:
+        atomic_savefig(fig, path)
+    plt.close(fig)
+    return paths
+
+
+def mu_sigma_scatter(mu: np.ndarray, sigma: np.ndarray, method: str, stem: Path) -> list[Path]:
+    """σ against μ over all pairs; points above the σ = |μ| lines are noise-dominated."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(mu.ravel(), sigma.ravel(), s=2, alpha=0.3, linewidths=0, rasterized=True)
+    lim = max(np.abs(mu).max(), sigma.max()) * 1.05 or 1.0
+    grid = np.linspace(-lim, lim, 3)
+    ax.plot(grid, np.abs(grid), "k--", lw=1, label="σ = |μ|")
+    frac = (sigma > np.abs(mu)).mean()
+    ax.set(xlabel="μ (mean τ)", ylabel="σ (std of τ)", title=f"{label(method)}: σ > |μ| for {frac:.0%} of pairs")
+    ax.legend(loc="upper left")
+    return save(fig, stem)
+
+
+def p_value_histograms(p: dict[str, np.ndarray], stem: Path, p_type: str) -> list[Path]:
+    """One panel per method: the distribution of per-pair p-values."""
+    fig, axes = plt.subplots(1, len(p), figsize=(3 * len(p), 2.8), sharey=True, squeeze=False)
+    for ax, (method, values) in zip(axes[0], p.items(), strict=True):
+        ax.hist(values.ravel(), bins=np.linspace(0, 1, 21), color="tab:blue")
+        ax.axvline(0.05, color="k", ls="--", lw=1)
+        ax.set(title=label(method), xlabel=f"p ({p_type})")
+    axes[0][0].set_ylabel("train–test pairs")
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def mean_p_vs_checkpoints(mean_p: pd.DataFrame, stem: Path, p_type: str) -> list[Path]:
+    """Mean p-value against the number of averaged checkpoints, one line per method."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for method in mean_p.columns:
+        ax.plot(mean_p.index, mean_p[method], marker="o", label=label(method))
+    ax.set(xlabel="checkpoints averaged per seed (k)", ylabel=f"mean p-value ({p_type})", xticks=list(mean_p.index))
+    ax.legend(fontsize=8)
+    return save(fig, stem)
+
+
+def correlation_heatmap(table: pd.DataFrame, title: str, stem: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    cmap = sns.diverging_palette(197, 24, as_cmap=True, center="light")
+    labels = [label(m) for m in table.index]
+    sns.heatmap(table.round(2), vmin=-1, vmax=1, cmap=cmap, annot=True, fmt=".2f", square=True, cbar=False, ax=ax,
+                xticklabels=labels, yticklabels=labels)  # fmt: skip
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", rotation=45)
+    return save(fig, stem)

@@ -1,0 +1,41 @@
+"""Flags shared by compute_pvalues.py and compute_correlations.py."""
+
+from __future__ import annotations
+
+from .cli import Parser
+from .paths import resolve_out_root
+from .scores import PAPER_METHODS
+from .statistics import Experiment, load_experiment, parse_experiment_name
+
+
+def parser(description: str) -> Parser:
+    p = Parser(description)
+    p.add_argument(
+        "--experiment", default=None, help="<model>_<task>_<n>pc, e.g. cnn_mnist3_50pc (instead of the next three)"
+    )
+    p.add_argument("--model", default=None, help="cnn, cnn3, vit, or with a posterior suffix: cnn-deinit, cnn-debatch")
+    p.add_argument("--task", default=None, choices=["mnist3", "cifar10"], help="the task")
+    p.add_argument("--num_per_class", type=int, default=None, help="training images per class")
+    p.add_argument("--methods", default=",".join(PAPER_METHODS), help="comma-separated methods (score-file names)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seed values to use; default: all of seeds.txt")
+    p.add_argument(
+        "--allow_partial", action="store_true", help="use only the seeds that have every method (with a warning)"
+    )
+    p.add_argument("--out_root", default=None, help="root of tda_scores/ and results/; default: the repository")
+    p.add_argument("--overwrite", action="store_true", help="recompute even if the results match the current scores")
+    return p
+
+
+def experiment_from_args(p: Parser, args) -> Experiment:
+    if args.experiment:
+        if args.model or args.task or args.num_per_class:
+            p.error("give either --experiment or --model/--task/--num_per_class, not both")
+        model, task, n = parse_experiment_name(args.experiment)
+    elif args.model and args.task and args.num_per_class:
+        model, task, n = args.model, args.task, args.num_per_class
+    else:
+        p.error("name the experiment: --experiment cnn_mnist3_50pc, or --model, --task and --num_per_class")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if len(set(methods)) != len(methods) or not methods:
+        p.error(f"--methods must list distinct methods, got {args.methods!r}")
+    return load_experiment(model, task, n, resolve_out_root(args.out_root), methods, args.seeds, args.allow_partial)

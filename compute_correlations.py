@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Step 4: Pearson and Spearman correlations between methods of per-pair μ, σ, p and z = μ/σ.
+
+Writes results/<model>_<task>_<n>pc/correlations/<pearson|spearman>_<quantity>_<raw|aligned>.csv and
+heatmaps under figures/. `aligned` flips each method's sign so that "z_j helps z" is positive.
+"""
+
+from bayestda.analysis import write_correlations
+from bayestda.cli import run
+from bayestda.stats_cli import experiment_from_args, parser
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--num_ckpts", type=int, default=5, help="last checkpoints averaged per seed (the paper uses 5)")
+    args = p.parse_args()
+    exp = experiment_from_args(p, args)
+    out = write_correlations(exp, args.num_ckpts, args.overwrite)
+    print(
+        f"{exp.name}: "
+        + (f"correlations written to {out}" if out else "correlations up to date, skipped (--overwrite to redo)")
+    )
+
+
+if __name__ == "__main__":
+    run(main)

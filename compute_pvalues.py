@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Step 3: per-pair mean, std and p-values of τ across posterior samples, for k = 1..5 checkpoints.
+
+Writes results/<model>_<task>_<n>pc/: mu/, sigma/, pvalues/ (per method and k: train indices as rows,
+test indices as columns; p-values `paper` = 2Φ(-|μ/σ|) and `t` = one-sample t-test, with BH-FDR),
+mean_p_values.csv, mean_p_values_t.csv, summary.csv and figures/.
+"""
+
+from bayestda.analysis import write_pvalues
+from bayestda.cli import run
+from bayestda.stats_cli import experiment_from_args, parser
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--max_ckpts", type=int, default=5, help="largest number of last checkpoints averaged per seed")
+    args = p.parse_args()
+    exp = experiment_from_args(p, args)
+    out = write_pvalues(exp, args.max_ckpts, args.overwrite)
+    print(
+        f"{exp.name}: " + (f"results written to {out}" if out else "results up to date, skipped (--overwrite to redo)")
+    )
+
+
+if __name__ == "__main__":
+    run(main)
