@@ -16,7 +16,7 @@ from .data import Subset, get_task, load_subset
 from .io import atomic_write_json, remove_stale_temp_files
 from .models import ARCHS
 from .paths import checkpoint_file, last_epochs, metrics_file, seed_model_dir
-from .posterior import model_name, posterior_seeds
+from .posterior import model_name, parse_model_name, posterior_seeds
 from .training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
 
 
@@ -91,7 +91,7 @@ def train_seed(spec: EnsembleSpec, seed: int, train_data: Subset, test_data: Sub
         "final_test_acc": history[-1]["test_acc"],
         "wall_time_s": round(time.perf_counter() - start, 3),
         "device": str(device),
-        "versions": {"torch": torch.__version__, "bayestda": __version__},
+        "versions": {"torch": str(torch.__version__), "bayestda": __version__},
     }
     atomic_write_json(metrics, metrics_file(seed_dir))
     return metrics
@@ -113,3 +113,10 @@ def train_ensemble(
     ):
         results[seed] = train_seed(spec, seed, train_data, test_data, seed_dirs[seed], device)
     return {seed: results[seed] for seed in seeds}
+
+
+def train_command(model: str, task: str, num_per_class: int) -> str:
+    """The step-1a command that trains the seeds of a model name such as `cnn3-deinit`."""
+    base, posterior = parse_model_name(model)
+    arch = {name: arch for arch, name in ARCHS.items()}[base]
+    return f"python train_cnn.py --task {task} --num_per_class {num_per_class} --arch {arch} --posterior {posterior}"

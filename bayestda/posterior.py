@@ -26,3 +26,12 @@ def posterior_seeds(mode: str, seed: int) -> tuple[int, int]:
 def model_name(base: str, mode: str) -> str:
     """Artifact name of a model family under a posterior mode, e.g. `cnn` or `cnn3-deinit`."""
     return base + MODEL_SUFFIX[mode]
+
+
+def parse_model_name(model: str) -> tuple[str, str]:
+    """`cnn3-deinit` -> ("cnn3", "de-init"): the base model family and the posterior mode."""
+    base, _, suffix = model.partition("-")
+    modes = {s.lstrip("-"): m for m, s in MODEL_SUFFIX.items()}
+    if suffix not in modes:
+        raise ValueError(f"unknown posterior suffix in model name {model!r}")
+    return base, modes[suffix]

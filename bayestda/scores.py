@@ -9,6 +9,7 @@ columns), `ckpt_epochs`, `seed`, `method`, `config` (every choice that shaped th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ def save_scores(
         "ckpt_epochs": list(ckpt_epochs),
         "seed": int(seed),
         "method": method,
-        "config": config,
+        "config": json.loads(json.dumps(config, default=str)),  # plain types only: loadable with weights_only
         "sign": HELPS_SIGN[method_family(method)],
     }
     atomic_torch_save(record, path)

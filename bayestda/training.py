@@ -50,18 +50,27 @@ def batch_orders(n_train: int, epochs: int, batch_seed: int) -> torch.Tensor:
     return torch.stack([torch.randperm(n_train, generator=gen) for _ in range(epochs)])
 
 
+def fast_layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Put image batches (and the model) in channels-last layout, the faster one for these CNNs on CPU.
+
+    Only memory layout changes, not the model's function; the model is converted in place.
+    """
+    if x.dim() != 4:
+        return x
+    model.to(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy of a batch. With `weight`, Σ wᵢ·lossᵢ / batch size: a zero weight removes a
+    """Mean cross-entropy of a batch. With `weight`, the mean of wᵢ·lossᵢ: a zero weight removes a
     sample's loss but keeps it in the denominator, as the paper's leave-one-out does."""
     losses = F.cross_entropy(model(x), y, reduction="none")
-    if weight is None:
-        return losses.mean()
-    return (losses * weight).sum() / len(losses)
+    return losses.mean() if weight is None else (losses * weight).mean()
 
 
 EpochHook = Callable[[int, nn.Module, torch.optim.Optimizer, float], None]
@@ -76,17 +85,19 @@ def train(
     *,
     start_epoch: int = 0,
     sample_weight: torch.Tensor | None = None,
+    exclude: int | None = None,
     on_epoch_end: EpochHook | None = None,
     progress: Callable | None = None,
 ) -> list[float]:
     """Train for epochs start_epoch+1 .. len(orders), visiting `data` in the order `orders[e-1]`.
 
-    `sample_weight` (one weight per position in `data`) reweights per-sample losses, e.g. a zero to
-    leave a sample out. `on_epoch_end(epoch, model, optimizer, train_loss)` sees every finished epoch
+    `sample_weight` (one weight per position in `data`) reweights per-sample losses: a zero drops a
+    sample's loss but keeps its slot in the batch mean (the paper's LOO). `exclude` removes position
+    `exclude` from its batches altogether (a true leave-one-out). `on_epoch_end(epoch, model, optimizer, train_loss)` sees every finished epoch
     (1-based). Returns the mean batch loss of each epoch trained.
     """
     device = next(model.parameters()).device
-    x, y = data.x.to(device), data.y.to(device)
+    x, y = fast_layout(model, data.x.to(device)), data.y.to(device)
     weight = sample_weight.to(device) if sample_weight is not None else None
     epochs = range(start_epoch + 1, len(orders) + 1)
     train_losses = []
@@ -94,6 +105,10 @@ def train(
         model.train()
         running = []
         for batch in orders[epoch - 1].to(device).split(cfg.batch_size):
+            if exclude is not None:
+                batch = batch[batch != exclude]
+                if len(batch) == 0:
+                    continue
             optimizer.zero_grad(set_to_none=True)
             loss = batch_loss(model, x[batch], y[batch], None if weight is None else weight[batch])
             loss.backward()
@@ -106,14 +121,22 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Subset, chunk: int = 1024) -> tuple[torch.Tensor, float]:
-    """Per-sample test losses (on CPU) and accuracy in %, with the model in eval mode."""
+def per_sample_losses(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample cross-entropy, predicted class) in eval mode, in cache-sized chunks (faster on CPU)."""
     model.eval()
     device = next(model.parameters()).device
-    losses, correct = [], 0
-    for xb, yb in zip(data.x.split(chunk), data.y.split(chunk), strict=True):
-        logits = model(xb.to(device))
-        yb = yb.to(device)
-        losses.append(F.cross_entropy(logits, yb, reduction="none").cpu())
-        correct += (logits.argmax(1) == yb).sum().item()
-    return torch.cat(losses), 100.0 * correct / len(data)
+    x = fast_layout(model, x.to(device))
+    losses, preds = [], []
+    for xb, yb in zip(x.split(chunk), y.to(device).split(chunk), strict=True):
+        logits = model(xb)
+        losses.append(F.cross_entropy(logits, yb, reduction="none"))
+        preds.append(logits.argmax(1))
+    return torch.cat(losses), torch.cat(preds)
+
+
+def evaluate(model: nn.Module, data: Subset) -> tuple[torch.Tensor, float]:
+    """Per-sample test losses (on CPU) and accuracy in %, with the model in eval mode."""
+    losses, preds = per_sample_losses(model, data.x, data.y)
+    return losses.cpu(), 100.0 * (preds.cpu() == data.y.cpu()).sum().item() / len(data)

@@ -10,7 +10,7 @@ from bayestda.data import load_subset
 from bayestda.ensemble import EnsembleSpec, train_seed
 from bayestda.paths import REPO_ROOT, checkpoint_file
 from bayestda.posterior import posterior_seeds
-from bayestda.training import TrainConfig, batch_loss, batch_orders, init_model, make_optimizer, train
+from bayestda.training import TrainConfig, batch_loss, batch_orders, fast_layout, init_model, make_optimizer, train
 
 
 @pytest.fixture(scope="module")
@@ -101,5 +101,7 @@ def test_checkpoint_round_trip_reproduces_logits(mnist10, tmp_path):
     replay = init_model("cnn2", "mnist3", config["init_seed"])
     cfg = TrainConfig(epochs=6)
     train(replay, make_optimizer(replay, cfg), train_data, batch_orders(30, 6, config["batch_seed"]), cfg)
-    with torch.no_grad():
-        assert torch.equal(model(test_data.x[:50]), replay.eval()(test_data.x[:50]))
+    assert states_equal(model.state_dict(), replay.state_dict())  # bit-identical weights
+    x = test_data.x[:50]
+    with torch.no_grad():  # and identical logits, both evaluated in the training layout
+        assert torch.equal(model(fast_layout(model, x)), replay.eval()(fast_layout(replay, x)))

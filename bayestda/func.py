@@ -1,0 +1,99 @@
+"""Functional views of a model (torch.func) that every attribution method is built from.
+
+A model is seen as a loss over its *trainable* parameters θ (all weights for the CNNs; LoRA and
+classifier weights for the ViT), with everything else held fixed. Models are evaluated in eval mode.
+Vectors over θ are flat tensors in the order of `model.named_parameters()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+from torch.nn import functional as F
+
+Params = dict[str, torch.Tensor]
+
+
+def trainable_params(model: nn.Module) -> Params:
+    return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def flatten(tensors: Params | list[torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+    values = tensors.values() if isinstance(tensors, dict) else tensors
+    return torch.cat([t.reshape(*t.shape[:batch_dims], -1) for t in values], dim=-1)
+
+
+def unflatten(vec: torch.Tensor, like: Params) -> Params:
+    out, start = {}, 0
+    for k, t in like.items():
+        out[k] = vec[start : start + t.numel()].view_as(t)
+        start += t.numel()
+    return out
+
+
+def num_params(params: Params) -> int:
+    return sum(t.numel() for t in params.values())
+
+
+class FunctionalModel:
+    """Loss and its derivatives as pure functions of the trainable parameters."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval()
+        self.params = trainable_params(model)
+        self.frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
+        self.frozen.update(dict(model.named_buffers()))
+
+    def logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, {**self.frozen, **params}, (x,))
+
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of a batch."""
+        return F.cross_entropy(self.logits(params, x), y)
+
+    def sample_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of one sample (no batch dimension), for vmap."""
+        return F.cross_entropy(self.logits(params, x[None]), y[None])
+
+    def per_sample_grads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 256, params: Params | None = None):
+        """[N, P] flat loss gradients, one row per sample (vmap over grad, chunked to bound memory)."""
+        params = self.params if params is None else params
+        g = vmap(grad(self.sample_loss), in_dims=(None, 0, 0))
+        return torch.cat(
+            [flatten(g(params, xb, yb), batch_dims=1) for xb, yb in zip(x.split(chunk), y.split(chunk), strict=True)]
+        )
+
+    def per_sample_losses(self, x: torch.Tensor, y: torch.Tensor, params: Params | None = None, chunk: int = 1024):
+        params = self.params if params is None else params
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    F.cross_entropy(self.logits(params, xb), yb, reduction="none")
+                    for xb, yb in zip(x.split(chunk), y.split(chunk), strict=True)
+                ]
+            )
+
+    def hvp_fn(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v ↦ H v, H the Hessian of the mean loss over (x, y); forward-over-reverse, vmappable over v."""
+        params = self.params
+
+        def grad_flat(p):
+            return flatten(grad(self.loss)(p, x, y))
+
+        def hvp(v: torch.Tensor) -> torch.Tensor:
+            return jvp(grad_flat, (params,), (unflatten(v, params),))[1]
+
+        return hvp
+
+
+def cross_entropy_hessian_factor(logits: torch.Tensor) -> torch.Tensor:
+    """L with L Lᵀ = diag(p) − p pᵀ, the Hessian of cross-entropy w.r.t. the logits (p = softmax).
+
+    L = diag(√p) − p √pᵀ; batched over leading dimensions: [..., C] -> [..., C, C].
+    """
+    p = logits.softmax(-1)
+    sqrt_p = p.sqrt()
+    return torch.diag_embed(sqrt_p) - p[..., :, None] * sqrt_p[..., None, :]

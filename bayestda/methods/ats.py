@@ -1,0 +1,58 @@
+"""ATS (approximate training step): τ = L(z; θ'_j) − L(z; θ), θ'_j = one step of a fresh Adam on z_j alone.
+
+A fresh Adam's first step has a closed form. With ĝ = ∇L(z_j) + wd·θ (torch's L2 weight decay),
+m = (1−β1)ĝ and v = (1−β2)ĝ², so θ' = θ − lr/(1−β1) · m / (√v/√(1−β2) + ε). It is computed for all
+training samples at once from their per-sample gradients, op for op as torch.optim.Adam does it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import Subset
+from ..func import FunctionalModel, flatten
+from ..training import fast_layout, per_sample_losses
+
+
+def fresh_adam_step(theta: torch.Tensor, grads: torch.Tensor, lr: float, weight_decay: float,
+                    betas=(0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:  # fmt: skip
+    """Parameters after one step of a new torch.optim.Adam, for every row of `grads` [n, P]."""
+    beta1, beta2 = betas
+    g = grads.add(theta, alpha=weight_decay) if weight_decay else grads
+    exp_avg = torch.zeros_like(g).lerp_(g, 1 - beta1)
+    exp_avg_sq = torch.zeros_like(g).addcmul_(g, g, value=1 - beta2)
+    step_size = lr / (1 - beta1**1)
+    denom = (exp_avg_sq.sqrt() / (1 - beta2**1) ** 0.5).add_(eps)
+    return torch.addcdiv(theta.expand_as(g), exp_avg, denom, value=-step_size)
+
+
+def ats_scores(
+    fm: FunctionalModel, train: Subset, test: Subset, lr: float, weight_decay: float, chunk: int = 64
+) -> torch.Tensor:
+    """[n_train, n_test] change in each test loss after one fresh-Adam step on each training sample.
+
+    Each θ'_j is written in place into a scratch copy of the model (in the fast layout of
+    `training.per_sample_losses`), and the unperturbed losses go through the same copy, so both
+    terms of τ use the same kernels.
+    """
+    work = copy.deepcopy(fm.model).eval()
+    fast_layout(work, test.x)
+    params = [p for p in work.parameters() if p.requires_grad]
+    sizes = [p.numel() for p in params]
+
+    @torch.no_grad()
+    def test_losses(flat: torch.Tensor) -> torch.Tensor:
+        for p, value in zip(params, flat.split(sizes), strict=True):
+            p.copy_(value.view_as(p))  # copy_ keeps the parameter's memory format
+        return per_sample_losses(work, test.x, test.y)[0]
+
+    theta = flatten(fm.params)
+    base = test_losses(theta)
+    rows = []
+    for lo in tqdm(range(0, len(train), chunk), desc="ATS", unit="chunk", leave=False):
+        grads = fm.per_sample_grads(train.x[lo : lo + chunk], train.y[lo : lo + chunk])
+        rows += [test_losses(row) - base for row in fresh_adam_step(theta, grads, lr, weight_decay)]
+    return torch.stack(rows)

@@ -1,0 +1,172 @@
+"""Per-sample gradients kept in factored form, so that their inner products are cheap.
+
+For a Linear layer y = W a + b applied to one vector a per sample, the gradient of any scalar
+s(y) w.r.t. [W, b] is the outer product δ ⊗ [a, 1], with δ = ∂s/∂y. Two such gradients then have
+the inner product (δ·δ')([a,1]·[a',1]), so no P-sized per-sample gradient is ever materialised for
+those layers. On the CNNs fc1 holds 205k of the 225k parameters. Other parameters (convolutions,
+LoRA on token sequences) stay dense.
+
+The per-sample scalars are `Jᵢᵀ wᵢ` for chosen output cotangents wᵢ: the loss gradient uses
+w = softmax − onehot, and the Gauss–Newton factor uses the columns of L with L Lᵀ = ∇²_logits CE.
+δ is obtained with torch.func by differentiating w.r.t. a zero "probe" added to each factored
+layer's output, and the layer input a is returned as an auxiliary output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import grad, vmap
+from torch.nn import functional as F
+
+from ..func import FunctionalModel, flatten
+
+
+@dataclass
+class GradFeatures:
+    """Gradients of N scalars: a dense part [N, P_dense] plus (δ [N, out], a [N, in+1]) per factored layer."""
+
+    dense: torch.Tensor
+    factors: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def __len__(self) -> int:
+        return self.dense.shape[0]
+
+    def gram(self, other: GradFeatures) -> torch.Tensor:
+        """[N, M] inner products between these gradients and `other`'s."""
+        out = self.dense @ other.dense.T
+        for (d1, a1), (d2, a2) in zip(self.factors, other.factors, strict=True):
+            out += (d1 @ d2.T) * (a1 @ a2.T)
+        return out
+
+    def sq_norms(self) -> torch.Tensor:
+        out = self.dense.square().sum(1)
+        for d, a in self.factors:
+            out += d.square().sum(1) * a.square().sum(1)
+        return out
+
+    def rows(self, idx) -> GradFeatures:
+        return GradFeatures(self.dense[idx], [(d[idx], a[idx]) for d, a in self.factors])
+
+    @staticmethod
+    def cat(parts: list[GradFeatures]) -> GradFeatures:
+        factors = [
+            (torch.cat([p.factors[i][0] for p in parts]), torch.cat([p.factors[i][1] for p in parts]))
+            for i in range(len(parts[0].factors))
+        ]
+        return GradFeatures(torch.cat([p.dense for p in parts]), factors)
+
+
+class GradFeaturizer:
+    """Computes `GradFeatures` of a model's per-sample loss gradients or Jacobian–vector products."""
+
+    def __init__(self, fm: FunctionalModel, example_x: torch.Tensor, factor_linear: bool = True):
+        self.fm = fm
+        self.factored = self._factorable_linears(fm, example_x[:1]) if factor_linear else []
+        names = {n for name in self.factored for n in (f"{name}.weight", f"{name}.bias")}
+        self.dense_names = [k for k in fm.params if k not in names]
+        self._probes: dict[str, torch.Tensor] = {}
+        self._inputs: dict[str, torch.Tensor] = {}
+        modules = dict(fm.model.named_modules())
+        self._hooks = [modules[name].register_forward_hook(self._hook(name)) for name in self.factored]
+
+    @staticmethod
+    def _factorable_linears(fm: FunctionalModel, example_x: torch.Tensor) -> list[str]:
+        """Linear layers with trainable weight (and bias, if any) that see one vector per sample."""
+        seen = {}
+        modules = [
+            (name, m)
+            for name, m in fm.model.named_modules()
+            if isinstance(m, nn.Linear)
+            and f"{name}.weight" in fm.params
+            and (m.bias is None or f"{name}.bias" in fm.params)
+        ]
+        hooks = [
+            m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, inp[0].dim()))
+            for name, m in modules
+        ]
+        try:
+            with torch.no_grad():
+                fm.model(example_x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return [name for name, _ in modules if seen.get(name) == 2]
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            if name in self._probes:
+                self._inputs[name] = inputs[0]
+                return output + self._probes[name]
+            return None
+
+        return hook
+
+    def close(self):
+        for h in self._hooks:
+            h.remove()
+
+    def _scalar(self, dense, probes, x, target, scalar_fn):
+        """One sample's scalar, differentiable w.r.t. the dense params and the factored layers' probes."""
+        self._probes, self._inputs = probes, {}
+        try:
+            logits = self.fm.logits({**self.fm.params, **dense}, x[None])[0]
+            inputs = {name: self._inputs[name][0] for name in self.factored}
+        finally:
+            self._probes = {}
+        return scalar_fn(logits, target), inputs
+
+    def _features(
+        self, x: torch.Tensor, targets: torch.Tensor, scalar_fn, per_sample_k: bool, chunk: int
+    ) -> GradFeatures:
+        dense = {k: self.fm.params[k] for k in self.dense_names}
+        modules = dict(self.fm.model.named_modules())
+        probes = {
+            name: torch.zeros(modules[name].out_features, dtype=x.dtype, device=x.device) for name in self.factored
+        }
+        g = grad(self._scalar, argnums=(0, 1), has_aux=True)
+        if per_sample_k:  # K targets per sample: vmap over them inside the vmap over samples
+            g = vmap(g, in_dims=(None, None, None, 0, None))
+        g = vmap(g, in_dims=(None, None, 0, 0, None))
+        parts = []
+        for xb, tb in zip(x.split(chunk), targets.split(chunk), strict=True):
+            (g_dense, g_probe), inputs = g(dense, probes, xb, tb, scalar_fn)
+            lead = g_probe[self.factored[0]].shape[:-1] if self.factored else (len(xb),)
+            factors = []
+            for name in self.factored:
+                a = inputs[name]
+                ones = torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)
+                a = torch.cat([a, ones], -1) if modules[name].bias is not None else a
+                factors.append((g_probe[name].reshape(-1, g_probe[name].shape[-1]), a.reshape(-1, a.shape[-1])))
+            dense_flat = flatten(g_dense, batch_dims=len(lead)).reshape(
+                -1, sum(self.fm.params[k].numel() for k in self.dense_names)
+            )
+            parts.append(GradFeatures(dense_flat, factors))
+        return GradFeatures.cat(parts)
+
+    def loss_grads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> GradFeatures:
+        """Per-sample cross-entropy gradients."""
+        return self._features(x, y, lambda logits, t: F.cross_entropy(logits[None], t[None]), False, chunk)
+
+    def jacobian_vector_grads(self, x: torch.Tensor, cotangents: torch.Tensor, chunk: int = 32) -> GradFeatures:
+        """Gradients of wᵢₖ·f(xᵢ) for cotangents [N, K, C]: N·K rows, sample-major (row i·K + k)."""
+        return self._features(x, cotangents, lambda logits, w: (logits * w).sum(), True, chunk)
+
+    def to_dense(self, feats: GradFeatures) -> torch.Tensor:
+        """The full flat gradients [N, P], in named_parameters order (for checks on small models)."""
+        blocks, di = {}, 0
+        for k in self.dense_names:
+            n = self.fm.params[k].numel()
+            blocks[k] = feats.dense[:, di : di + n]
+            di += n
+        modules = dict(self.fm.model.named_modules())
+        for name, (d, a) in zip(self.factored, feats.factors, strict=True):
+            outer = d[:, :, None] * a[:, None, :]
+            has_bias = modules[name].bias is not None
+            w = outer[:, :, :-1] if has_bias else outer
+            blocks[f"{name}.weight"] = w.reshape(len(d), -1)
+            if has_bias:
+                blocks[f"{name}.bias"] = outer[:, :, -1]
+        return torch.cat([blocks[k] for k in self.fm.params], 1)

@@ -1,0 +1,178 @@
+"""Influence functions: IF(z_j, z) = −∇L(z_j)ᵀ H⁻¹ ∇L(z), H the curvature of the mean training loss
+(cross-entropy only: weight decay is off, as in the paper). Three solvers:
+
+- `paper`: LiSSA exactly as in the FastIF code the paper used. With h₀ = v, it iterates
+  h ← v + (1−d)·h − H_b h / s once over the training set, in file order, in batches of 8. It returns
+  s_test = h/s, with d = 5e-3 and s = 1e4. Its fixed point is (H + d·s·I)⁻¹ v = (H + 50 I)⁻¹ v, but
+  one pass is ~n/8 steps and far from it: s_test ≈ (steps+1)·v/s, so IF ≈ −GD·(steps+1)/s plus a
+  small curvature term. `lissa_diagnostics` measures how far.
+  The recursion is linear in v and each H_b is symmetric, so its transpose, applied to the training
+  gradients with the batch order reversed (`lissa_transposed`), gives the same scores as the
+  recursion applied to every test gradient: n instead of m recursions.
+- `ggn`: the exact inverse of the damped Gauss–Newton matrix G + λI. G = U Uᵀ has rank ≤ n·C, so
+  Woodbury gives (G + λI)⁻¹ = (I − U (λI + UᵀU)⁻¹ Uᵀ)/λ, which needs only an (n·C)×(n·C) solve.
+- `cg`: conjugate gradients on true Hessian–vector products of the full training loss, solving
+  (H + λI) x_j = ∇L(z_j) for every training sample to a relative tolerance. H may be indefinite,
+  so a direction of non-positive curvature is reported. It is for checks and small cases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import vmap
+from tqdm.auto import tqdm
+
+from ..data import Subset
+from ..func import FunctionalModel, cross_entropy_hessian_factor
+from .features import GradFeaturizer
+
+PAPER_LISSA = {"damping": 5e-3, "scale": 1e4, "batch_size": 8, "passes": 1, "repeats": 1}
+
+
+def _batched(fn, vectors: torch.Tensor, chunk: int) -> torch.Tensor:
+    """fn applied to every row of `vectors` with vmap, `chunk` rows at a time."""
+    return torch.cat([vmap(fn)(block) for block in vectors.split(chunk)])
+
+
+def _test_gram(fm: FunctionalModel, left: torch.Tensor, test: Subset, chunk: int = 128) -> torch.Tensor:
+    """[len(left), n_test] = left @ ∇L(test)ᵀ, test gradients computed block by block."""
+    return torch.cat(
+        [
+            left @ fm.per_sample_grads(test.x[lo : lo + chunk], test.y[lo : lo + chunk], chunk=64).T
+            for lo in range(0, len(test), chunk)
+        ],
+        dim=1,
+    )
+
+
+# ----------------------------------------------------------------------------- paper: LiSSA
+
+
+def lissa_batches(train: Subset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """FastIF's DataLoader(train, batch_size=8) without shuffling: file order, a smaller last batch."""
+    return list(zip(train.x.split(batch_size), train.y.split(batch_size), strict=True))
+
+
+def lissa_transposed(
+    fm: FunctionalModel, vectors: torch.Tensor, batches, damping: float, scale: float, chunk: int = 50
+):
+    """Mᵀ v for each row v, where FastIF's recursion h ← v + A_k h (h₀ = v, A_k = (1−d)I − H_k/s) gives h_K = M v.
+
+    M = I + A_{K−1} + A_{K−1}A_{K−2} + … + A_{K−1}⋯A₀, and each A_k is symmetric, so
+    Mᵀ v = v + A_{K−1}v + A_{K−2}A_{K−1}v + …: walk the batches in reverse, w ← A_k w, and sum the w's.
+    """
+    w, total = vectors, vectors.clone()
+    for xb, yb in tqdm(batches[::-1], desc="LiSSA", unit="batch", leave=False):
+        w = (1 - damping) * w - _batched(fm.hvp_fn(xb, yb), w, chunk) / scale
+        total += w
+    return total
+
+
+def if_paper(fm: FunctionalModel, train: Subset, test: Subset, damping=5e-3, scale=1e4, batch_size=8, passes=1):
+    """([n_train, n_test] IF, s_train, g_train) with FastIF's LiSSA, computed on the training side.
+
+    The paper runs one pass over the training set (`passes=1`); more passes approach the fixed point.
+    Returns s_train = Mᵀ g_train / scale as well, so diagnostics need not recompute it.
+    """
+    g_train = fm.per_sample_grads(train.x, train.y)
+    h = lissa_transposed(fm, g_train, lissa_batches(train, batch_size) * passes, damping, scale)
+    return -_test_gram(fm, h / scale, test), h / scale, g_train
+
+
+def lissa_diagnostics(fm: FunctionalModel, train: Subset, g_train: torch.Tensor, s_train: torch.Tensor, gd: torch.Tensor,
+                      scores: torch.Tensor, damping: float, scale: float, batch_size: int, n_probe: int = 8) -> dict:  # fmt: skip
+    """How far the paper's one-pass LiSSA is from its own fixed point, and how close to a scaled GD."""
+    steps = math.ceil(len(train) / batch_size)
+    pure_damping_factor = sum((1 - damping) ** i for i in range(steps + 1)) / scale  # s_test if H were 0
+    probe = torch.linspace(0, len(train) - 1, min(n_probe, len(train))).long()
+    fixed, info = conjugate_gradient(
+        fm.hvp_fn(train.x, train.y), g_train[probe], damping * scale, tol=1e-6, max_iter=500
+    )
+    rel = ((s_train[probe] - fixed).norm(dim=1) / fixed.norm(dim=1)).tolist()
+    ratio = (s_train[probe] * g_train[probe]).sum(1) / g_train[probe].square().sum(1)
+    # least-squares fit IF ≈ −c·GD over all pairs, and how much of IF that explains
+    c = -(scores * gd).sum() / gd.square().sum()
+    resid = scores + c * gd
+    return {
+        "lissa_steps": steps,
+        "steps_for_1pct_of_fixed_point_in_flat_directions": math.ceil(math.log(0.01) / math.log(1 - damping)),
+        "fixed_point": f"(H + {damping * scale:g} I)^-1 v",
+        "rel_distance_to_fixed_point_on_probes": rel,
+        "fixed_point_cg": info,
+        "s_test_over_v_along_v_on_probes": ratio.tolist(),
+        "pure_damping_prediction_s_test_over_v": pure_damping_factor,
+        "fit_if_equals_minus_c_times_gd": {"c": c.item(), "one_over_c": (1 / c).item(),
+                                           "r2": (1 - resid.square().sum() / (scores - scores.mean()).square().sum()).item()},
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- ggn: exact Woodbury
+
+
+def if_ggn(fm: FunctionalModel, train: Subset, test: Subset, damping: float, chunk: int = 128) -> torch.Tensor:
+    """[n_train, n_test] −∇L(z_j)ᵀ (G + λI)⁻¹ ∇L(z), G the Gauss–Newton matrix of the mean training loss."""
+    featurizer = GradFeaturizer(fm, train.x)
+    try:
+        with torch.no_grad():
+            factor = cross_entropy_hessian_factor(fm.logits(fm.params, train.x))  # L Lᵀ = ∇²CE per sample
+        # U's columns: J_iᵀ L_i[:, c] / √n, so that U Uᵀ = (1/n) Σ_i J_iᵀ ∇²CE_i J_i = G
+        u = featurizer.jacobian_vector_grads(train.x, factor.transpose(1, 2) / math.sqrt(len(train)))
+        g_train = featurizer.loss_grads(train.x, train.y, chunk)
+        inner = u.gram(u)
+        inner.diagonal().add_(damping)
+        chol = torch.linalg.cholesky(inner)
+        u_train = u.gram(g_train)  # [nC, n]
+        left = torch.cholesky_solve(u_train, chol)  # (λI + UᵀU)⁻¹ Uᵀ g_train
+        cols = []
+        for lo in range(0, len(test), 4 * chunk):
+            g_test = featurizer.loss_grads(test.x[lo : lo + 4 * chunk], test.y[lo : lo + 4 * chunk], chunk)
+            cols.append(-(g_train.gram(g_test) - left.T @ u.gram(g_test)) / damping)
+    finally:
+        featurizer.close()
+    return torch.cat(cols, 1)
+
+
+# ----------------------------------------------------------------------------- cg: true Hessian
+
+
+def conjugate_gradient(
+    hvp, rhs: torch.Tensor, damping: float, tol: float = 1e-6, max_iter: int = 1000, chunk: int = 50
+):
+    """Solve (H + damping·I) x = b for every row b of `rhs` at once (independent CG runs, vmapped HVPs)."""
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rs = r.square().sum(1)
+    b_norm = rhs.norm(dim=1).clamp_min(torch.finfo(rhs.dtype).tiny)
+    active = torch.ones(len(rhs), dtype=torch.bool, device=rhs.device)
+    negative_curvature = torch.zeros_like(active)
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007
+        idx = active.nonzero().squeeze(1)
+        ap = _batched(hvp, p[idx], chunk) + damping * p[idx]
+        curvature = (p[idx] * ap).sum(1)
+        bad = curvature <= 0
+        negative_curvature[idx[bad]] = True
+        alpha = torch.where(bad, torch.zeros_like(curvature), rs[idx] / curvature)
+        x[idx] += alpha[:, None] * p[idx]
+        r[idx] -= alpha[:, None] * ap
+        rs_new = r[idx].square().sum(1)
+        p[idx] = r[idx] + (rs_new / rs[idx])[:, None] * p[idx]
+        rs[idx] = rs_new
+        done = (rs_new.sqrt() / b_norm[idx] <= tol) | bad
+        active[idx[done]] = False
+        if not active.any():
+            break
+    rel_res = rs.sqrt() / b_norm
+    info = {"iterations": it, "converged": bool((rel_res <= tol).all()), "max_rel_residual": rel_res.max().item(),
+            "negative_curvature_rows": int(negative_curvature.sum()), "tol": tol}  # fmt: skip
+    return x, info
+
+
+def if_cg(fm: FunctionalModel, train: Subset, test: Subset, damping: float, tol: float = 1e-6, max_iter: int = 1000):
+    """[n_train, n_test] −(H + λI)⁻¹∇L(z_j) · ∇L(z) with H the Hessian of the mean training loss."""
+    g_train = fm.per_sample_grads(train.x, train.y)
+    x, info = conjugate_gradient(fm.hvp_fn(train.x, train.y), g_train, damping, tol, max_iter)
+    return -_test_gram(fm, x, test), info

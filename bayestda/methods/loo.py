@@ -1,0 +1,161 @@
+"""Leave-one-out: τ = L(z; θ without z_j) − L(z; θ), by retraining with the one training loop.
+
+Three protocols, each a different ground truth:
+- `paper` (the original code): from each checkpoint, continue training with a fresh Adam and the seed's
+  batch order for the full epoch budget, with z_j's loss zeroed (it still counts in the batch-mean
+  denominator). Compare with the checkpoint itself. This conflates removing z_j with E extra epochs.
+- `paired`: the same continuation, compared with the same continuation on the full data, so that z_j
+  is the only difference.
+- `scratch`: retrain from the seed's initialisation and batch order with z_j removed from its batches,
+  read off the last 5 epochs, and compare with the same retrain on the full data. This is the
+  textbook LOO for a seed, and it needs one set of retrains per seed, not one per checkpoint.
+
+Every retrain runs single-threaded, in this process or in `workers` processes. Results therefore
+do not depend on `workers`: CPU kernels give slightly different bits for different thread counts.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import Subset
+from ..models import build_model
+from ..training import TrainConfig, evaluate, init_model, make_optimizer, train
+
+PROTOCOLS = ("paper", "paired", "scratch")
+
+
+@dataclass(frozen=True)
+class RetrainContext:
+    """What every retrain of one seed shares; sent once to each worker."""
+
+    arch: str
+    task: str
+    train_data: Subset
+    test_data: Subset
+    cfg: TrainConfig
+    orders: torch.Tensor  # [epochs, n] the seed's batch order
+    init_seed: int
+    start_states: list[dict]  # continuation protocols: one state_dict per checkpoint
+    eval_epochs: tuple[int, ...]  # epochs whose test losses a retrain returns
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Retrain:
+    """One retrain: drop `leave_out` (a position in the train subset, or None for the full data)."""
+
+    leave_out: int | None
+    start: int | None = None  # index into start_states; None = from the seed's initialisation
+    zero_weight: bool = True  # paper semantics (zeroed loss, kept in the denominator) vs removed
+
+
+def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
+    """[len(eval_epochs), n_test] test losses of one retrain."""
+    if job.start is None:
+        model = init_model(ctx.arch, ctx.task, ctx.init_seed)
+    else:
+        model = build_model(ctx.arch, ctx.task)
+        model.load_state_dict(ctx.start_states[job.start])
+    model = model.to(ctx.device)
+    optimizer = make_optimizer(model, ctx.cfg)  # fresh Adam, as the original's LOO
+    weight, exclude = None, None
+    if job.leave_out is not None and job.zero_weight:
+        weight = torch.ones(len(ctx.train_data))
+        weight[job.leave_out] = 0.0
+    elif job.leave_out is not None:
+        exclude = job.leave_out
+    losses = {}
+
+    def record(epoch, model, optimizer, train_loss):
+        if epoch in ctx.eval_epochs:
+            losses[epoch] = evaluate(model, ctx.test_data)[0]
+
+    train(
+        model,
+        optimizer,
+        ctx.train_data,
+        ctx.orders,
+        ctx.cfg,
+        sample_weight=weight,
+        exclude=exclude,
+        on_epoch_end=record,
+    )
+    return torch.stack([losses[e] for e in ctx.eval_epochs])
+
+
+_WORKER_CTX: RetrainContext | None = None
+
+
+def _init_worker(ctx: RetrainContext) -> None:
+    global _WORKER_CTX
+    torch.set_num_threads(1)
+    _WORKER_CTX = ctx
+
+
+def _worker_retrain(job: Retrain) -> torch.Tensor:
+    return run_retrain(_WORKER_CTX, job)
+
+
+def run_retrains(ctx: RetrainContext, jobs: list[Retrain], workers: int, desc: str) -> list[torch.Tensor]:
+    """All jobs, each single-threaded on CPU; in `workers` processes when workers > 1."""
+    bar = tqdm(total=len(jobs), desc=desc, unit="retrain", leave=False)
+    if workers <= 1 or ctx.device != "cpu":
+        threads = torch.get_num_threads()
+        if ctx.device == "cpu":
+            torch.set_num_threads(1)
+        try:
+            out = []
+            for job in jobs:
+                out.append(run_retrain(ctx, job))
+                bar.update()
+        finally:
+            torch.set_num_threads(threads)
+            bar.close()
+        return out
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(ctx,)
+    ) as pool:
+        out = []
+        for result in pool.map(_worker_retrain, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+            out.append(result)
+            bar.update()
+    bar.close()
+    return out
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def loo_scores(protocol: str, ctx: RetrainContext, base_losses: torch.Tensor, workers: int):
+    """[n_ckpts, n_train, n_test] LOO scores of one seed, and protocol diagnostics.
+
+    `base_losses` [n_ckpts, n_test] are the checkpoints' own test losses (the `paper` baseline).
+    """
+    n = len(ctx.train_data)
+    if protocol == "scratch":
+        jobs = [Retrain(None, zero_weight=False)] + [Retrain(j, zero_weight=False) for j in range(n)]
+        results = run_retrains(ctx, jobs, workers, "LOO scratch")
+        full, loo = results[0], torch.stack(results[1:], 1)  # [ckpts, m], [ckpts, n, m]
+        diag = {"max_abs_full_retrain_minus_checkpoint_test_loss": (full - base_losses).abs().max().item()}
+        return loo - full[:, None, :], diag
+    if protocol not in ("paper", "paired"):
+        raise ValueError(f"unknown LOO protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    n_ckpts = len(ctx.start_states)
+    jobs = [Retrain(j, start=c) for c in range(n_ckpts) for j in range(n)]
+    if protocol == "paired":
+        jobs += [Retrain(None, start=c) for c in range(n_ckpts)]
+    results = run_retrains(ctx, jobs, workers, f"LOO {protocol}")
+    loo = torch.stack([r[-1] for r in results[: n_ckpts * n]]).view(n_ckpts, n, -1)
+    if protocol == "paper":
+        return loo - base_losses[:, None, :], {}
+    full = torch.stack([r[-1] for r in results[n_ckpts * n :]])
+    diag = {"mean_abs_continuation_shift_of_test_loss": (full - base_losses).abs().mean().item()}
+    return loo - full[:, None, :], diag

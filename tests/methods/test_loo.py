@@ -1,0 +1,131 @@
+"""LOO protocols against a plain sequential retrain loop, and independence from the number of workers."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bayestda.data import Subset, load_subset
+from bayestda.methods import loo
+from bayestda.models import build_model
+from bayestda.paths import REPO_ROOT
+from bayestda.training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
+
+CFG = TrainConfig(epochs=4, batch_size=5)  # 12 samples: batches of 5, 5, 2 every epoch
+INIT_SEED, BATCH_SEED = 3, 7
+
+
+@pytest.fixture(scope="module")
+def ctx_factory(data_root):
+    full_train = load_subset("mnist3", "train", 10, data_root, REPO_ROOT)
+    full_test = load_subset("mnist3", "test", None, data_root, REPO_ROOT)
+    train_data = Subset(full_train.x[:12], full_train.y[:12], full_train.idx[:12])
+    test_data = Subset(full_test.x[:20], full_test.y[:20], full_test.idx[:20])
+    orders = batch_orders(12, CFG.epochs, BATCH_SEED)
+    states = {}
+    with single_thread():
+        model = init_model("cnn2", "mnist3", INIT_SEED)
+        train(model, make_optimizer(model, CFG), train_data, orders, CFG,
+              on_epoch_end=lambda e, m, o, _loss: states.__setitem__(e, {k: v.clone() for k, v in m.state_dict().items()}))  # fmt: skip
+
+    def make(protocol):
+        return loo.RetrainContext(
+            "cnn2", "mnist3", train_data, test_data, CFG, orders, INIT_SEED,
+            start_states=[states[3], states[4]] if protocol != "scratch" else [],
+            eval_epochs=(3, 4) if protocol == "scratch" else (CFG.epochs,),
+        )  # fmt: skip
+
+    return make, states
+
+
+class single_thread:
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
+def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test):
+    """The obvious loop: fresh Adam, the given batch order, z_j dropped or its loss zeroed (as the original).
+
+    It uses the library's memory layout (channels-last) so that the comparison can be bit for bit.
+    """
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    test_x = test.x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=CFG.lr, weight_decay=CFG.weight_decay)
+    out = {}
+    for epoch in range(1, len(orders) + 1):
+        model.train()
+        for batch in orders[epoch - 1].split(CFG.batch_size):
+            if mode == "drop" and leave_out is not None:
+                batch = batch[batch != leave_out]
+            opt.zero_grad()
+            losses = F.cross_entropy(model(x[batch]), y[batch], reduction="none")
+            if mode == "zero" and leave_out is not None:
+                losses = torch.where(batch == leave_out, torch.zeros_like(losses), losses)
+            losses.mean().backward()
+            opt.step()
+        if epoch in eval_epochs:
+            model.eval()
+            with torch.no_grad():
+                out[epoch] = F.cross_entropy(model(test_x), test.y, reduction="none")
+    return torch.stack([out[e] for e in eval_epochs])
+
+
+def from_state(state):
+    model = build_model("cnn2", "mnist3")
+    model.load_state_dict(state)
+    return model
+
+
+def test_scratch_equals_sequential_retrains(ctx_factory):
+    make, states = ctx_factory
+    ctx = make("scratch")
+    base = torch.zeros(2, 20)
+    got, diag = loo.loo_scores("scratch", ctx, base, workers=1)
+    with single_thread():
+        x, y = ctx.train_data.x, ctx.train_data.y
+        full = reference_retrain(
+            init_model("cnn2", "mnist3", INIT_SEED), x, y, ctx.orders, None, "drop", (3, 4), ctx.test_data
+        )
+        for j in range(12):
+            ref = reference_retrain(
+                init_model("cnn2", "mnist3", INIT_SEED), x, y, ctx.orders, j, "drop", (3, 4), ctx.test_data
+            )
+            assert torch.equal(got[:, j], ref - full), f"sample {j}"
+    # the full retrain reproduces the run that produced the checkpoints (evaluated with the same thread count)
+    with single_thread(), torch.no_grad():
+        ckpt_losses = torch.stack([evaluate(from_state(states[e]), ctx.test_data)[0] for e in (3, 4)])
+    _, diag = loo.loo_scores("scratch", ctx, ckpt_losses, workers=1)
+    assert diag["max_abs_full_retrain_minus_checkpoint_test_loss"] == 0.0
+
+
+@pytest.mark.parametrize("protocol", ["paper", "paired"])
+def test_continuation_protocols_equal_sequential_retrains(ctx_factory, protocol):
+    make, states = ctx_factory
+    ctx = make(protocol)
+    x, y, test = ctx.train_data.x, ctx.train_data.y, ctx.test_data
+    base = torch.stack([evaluate(from_state(states[e]), test)[0] for e in (3, 4)])
+    got, _ = loo.loo_scores(protocol, ctx, base, workers=1)
+    with single_thread():
+        for c, e in enumerate((3, 4)):
+            full = reference_retrain(from_state(states[e]), x, y, ctx.orders, None, "zero", (CFG.epochs,), test)[0]
+            for j in range(12):
+                ref = reference_retrain(from_state(states[e]), x, y, ctx.orders, j, "zero", (CFG.epochs,), test)[0]
+                expected = ref - (base[c] if protocol == "paper" else full)
+                assert torch.equal(got[c, j], expected), f"checkpoint {e}, sample {j}"
+
+
+def test_results_do_not_depend_on_workers(ctx_factory):
+    make, _ = ctx_factory
+    ctx = make("scratch")
+    one, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20), workers=1)
+    two, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20), workers=2)
+    assert torch.equal(one, two)
+
+
+def test_unknown_protocol(ctx_factory):
+    with pytest.raises(ValueError, match="unknown LOO protocol"):
+        loo.loo_scores("bogus", ctx_factory[0]("paper"), torch.zeros(2, 20), workers=1)

@@ -1,0 +1,92 @@
+"""The step-2 scripts end to end: trained seeds in, contract-conforming score files out, then step 3 on them."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bayestda.data import read_indices
+from bayestda.paths import REPO_ROOT, score_file
+
+COMMON = ["--task", "mnist3", "--num_per_class", "10", "--device", "cpu"]
+SCRIPTS = {  # method -> (script, extra flags)
+    "gd": ("gd.py", []),
+    "gc": ("gc.py", []),
+    "if-ggn": ("if.py", ["--solver", "ggn"]),
+    "loo-scratch": ("loo.py", ["--protocol", "scratch", "--workers", "2"]),
+}
+
+
+def run(script, *args, data_root):
+    env = {**os.environ, "BAYESTDA_DATA_ROOT": str(data_root)}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *args], env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, data_root):
+    """Two seeds trained for 6 epochs, scored by each script: {method: [stdout per seed]}."""
+    out = tmp_path_factory.mktemp("tda")
+    for seed_id in ("0", "1"):
+        proc = run(
+            "train_cnn.py", *COMMON, "--epochs", "6", "--seed_id", seed_id, "--out_root", str(out), data_root=data_root
+        )
+        assert proc.returncode == 0, proc.stderr
+    logs = {}
+    for method, (script, extra) in SCRIPTS.items():
+        logs[method] = []
+        for seed_id in ("0", "1"):
+            proc = run(
+                f"tda_cnn_scripts/{script}",
+                *COMMON,
+                *extra,
+                "--seed_id",
+                seed_id,
+                "--out_root",
+                str(out),
+                data_root=data_root,
+            )
+            assert proc.returncode == 0, proc.stderr
+            logs[method].append(proc.stdout)
+    return out, logs
+
+
+@pytest.mark.parametrize("method", list(SCRIPTS))
+def test_scores_follow_the_contract(scored, method):
+    out, logs = scored
+    assert all("written" in log for log in logs[method])
+    record = torch.load(score_file(out, "cnn", method, "mnist3", 10, 1), weights_only=True)
+    assert record["scores"].dtype == torch.float32 and record["scores"].shape == (5, 30, 900)
+    assert record["ckpt_epochs"] == [2, 3, 4, 5, 6] and record["seed"] == 1 and record["method"] == method
+    assert record["train_idx"].tolist() == read_indices(REPO_ROOT / "data/mnist3/train_subset_10pc.txt").tolist()
+    assert record["test_idx"].tolist() == read_indices(REPO_ROOT / "data/mnist3/test_subset.txt").tolist()
+    assert record["sign"] in (1, -1) and record["config"]["checkpoint_config"]["seed"] == 1
+    assert torch.isfinite(record["scores"]).all() and record["scores"].abs().sum() > 0
+
+
+def test_rerun_skips_and_pvalues_run_on_the_scores(scored, data_root):
+    out, _ = scored
+    again = run("tda_cnn_scripts/gd.py", *COMMON, "--seed_id", "1", "--out_root", str(out), data_root=data_root)
+    assert again.returncode == 0 and "skipped" in again.stdout
+    proc = run("compute_pvalues.py", "--experiment", "cnn_mnist3_10pc", "--methods", ",".join(SCRIPTS), "--seeds", "0", "1",
+               "--out_root", str(out), data_root=data_root)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "results" / "cnn_mnist3_10pc" / "summary.csv").is_file()
+
+
+def test_untrained_seed_and_unknown_model_are_one_line_errors(scored, data_root):
+    out, _ = scored
+    proc = run("tda_cnn_scripts/gd.py", *COMMON, "--out_root", str(out), "--seed_id", "5", data_root=data_root)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "no finished training run; make it with: python train_cnn.py --task mnist3 --num_per_class 10" in proc.stderr
+    proc = run("tda_cnn_scripts/gd.py", *COMMON, "--out_root", str(out), "--model", "resnet", data_root=data_root)
+    assert proc.returncode == 2 and "unknown model name" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["gd.py", "gc.py", "ats.py", "if.py", "loo.py"])
+def test_help(run_script, script):
+    proc = run_script(f"tda_cnn_scripts/{script}", "--help")
+    assert proc.returncode == 0 and "--seed_id" in proc.stdout and "--model" in proc.stdout
