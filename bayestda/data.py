@@ -19,7 +19,8 @@ import torch
 from torchvision.datasets import CIFAR10, MNIST
 
 from .errors import UserError
-from .paths import REPO_ROOT, find_subset_file
+from .io import atomic_write_text
+from .paths import REPO_ROOT, find_subset_file, test_subset_file, train_subset_file
 
 SUBSET_SIZES = (10, 20, 30, 40, 50, 60)
 SUBSET_RNG_SEED = 20231210  # fixed: the committed index files are regenerated bit for bit from it
@@ -61,14 +62,17 @@ def get_task(task: str) -> TaskSpec:
 # ----------------------------------------------------------------------------- raw splits
 
 
+def _cifar_files_present(root: Path) -> bool:
+    folder = Path(root) / CIFAR10.base_folder
+    names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    return all((folder / name).is_file() for name in names)
+
+
 class _UnverifiedCIFAR10(CIFAR10):
     """torchvision's CIFAR10 minus the md5 check, for a local copy whose bytes differ from the release."""
 
     def _check_integrity(self) -> bool:
-        return all(
-            os.path.isfile(os.path.join(self.root, self.base_folder, name))
-            for name, _ in self.train_list + self.test_list
-        )
+        return _cifar_files_present(Path(self.root))
 
     def _load_meta(self) -> None:
         with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
@@ -111,9 +115,7 @@ def _load_cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     try:
         ds = CIFAR10(str(root), train=train, download=False)
     except RuntimeError:
-        probe = _UnverifiedCIFAR10.__new__(_UnverifiedCIFAR10)
-        probe.root = str(root)
-        if probe._check_integrity():
+        if _cifar_files_present(root):
             _warn_unverified_cifar(str(root / CIFAR10.base_folder))
             ds = _UnverifiedCIFAR10(str(root), train=train, download=False)
         else:
@@ -243,9 +245,6 @@ def write_subsets(task: str, data_root: Path, out_root: Path, sizes=SUBSET_SIZES
     Drawing is deterministic, so a rerun reproduces the committed files; a file that differs is
     only replaced with `overwrite`. Returns one status line per file.
     """
-    from .io import atomic_write_text
-    from .paths import test_subset_file, train_subset_file
-
     _, train_labels = load_split(task, True, Path(data_root))
     _, test_labels = load_split(task, False, Path(data_root))
     files = {

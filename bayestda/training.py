@@ -7,7 +7,7 @@ from its own seed (see `posterior.py`), so they can be varied apart. On CPU a ru
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -29,6 +29,11 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict) -> TrainConfig:
+        """The recipe recorded in a checkpoint's config."""
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
 
 
 def stream_seed(seed: int, stream: str) -> int:

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from bayestda.cli import run
 from bayestda.methods.cli import tda_main
+from bayestda.methods.influence import PAPER_LISSA
 
 
 def options(p):

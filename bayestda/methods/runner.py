@@ -92,53 +92,56 @@ def per_checkpoint(samples: SeedSamples, device, dtype, score_fn, desc: str):
     return torch.stack(scores), diags
 
 
-def compute(method: str, samples: SeedSamples, options: dict, device) -> tuple[torch.Tensor, dict]:
-    """[n_ckpts, n_train, n_test] scores of `method` for one seed, and what to record about the run."""
-    family, _, variant = method.partition("-")
-    cfg = samples.configs[0]
-    dtype = getattr(torch, options.get("dtype", "float32"))
-    if family in ("gd", "gc"):
-        pick = 0 if family == "gd" else 1
-        return per_checkpoint(
-            samples, device, dtype, lambda fm, tr, te: (grad_similarity.grad_dot_and_cos(fm, tr, te)[pick], {}), method
-        )
-    if family == "ats":
-        return per_checkpoint(samples, device, dtype,
-                              lambda fm, tr, te: (ats.ats_scores(fm, tr, te, cfg["lr"], cfg["weight_decay"]), {}), method)  # fmt: skip
-    if family == "if" and variant == "paper":
+def checkpoint_scorer(method: str, options: dict, cfg: dict):
+    """The per-checkpoint scorer (FunctionalModel, train, test) -> ([n_train, n_test], diagnostics) of a method."""
+
+    def if_paper(fm, tr, te):
         p = influence.PAPER_LISSA
-
-        def paper(fm, tr, te):
-            scores, s_train, g_train = influence.if_paper(fm, tr, te, p["damping"], p["scale"], p["batch_size"])
-            if not options.get("diagnostics", True):
-                return scores, {}
-            gd = grad_similarity.grad_dot_and_cos(fm, tr, te)[0]
-            return scores, influence.lissa_diagnostics(
-                fm, tr, g_train, s_train, gd, scores, p["damping"], p["scale"], p["batch_size"]
-            )
-
-        return per_checkpoint(samples, device, dtype, paper, method)
-    if family == "if" and variant == "ggn":
-        return per_checkpoint(
-            samples, device, dtype, lambda fm, tr, te: (influence.if_ggn(fm, tr, te, options["damping"]), {}), method
+        scores, s_train, g_train = influence.if_paper(fm, tr, te, p["damping"], p["scale"], p["batch_size"])
+        if not options.get("diagnostics", True):
+            return scores, {}
+        gd = grad_similarity.grad_dot_and_cos(fm, tr, te)[0]
+        return scores, influence.lissa_diagnostics(
+            fm, tr, g_train, s_train, gd, scores, p["damping"], p["scale"], p["batch_size"]
         )
-    if family == "if" and variant == "cg":
-        return per_checkpoint(samples, device, dtype,
-                              lambda fm, tr, te: influence.if_cg(fm, tr, te, options["damping"], options["tol"], options["max_iter"]), method)  # fmt: skip
+
+    scorers = {
+        "gd": lambda fm, tr, te: (grad_similarity.grad_dot_and_cos(fm, tr, te)[0], {}),
+        "gc": lambda fm, tr, te: (grad_similarity.grad_dot_and_cos(fm, tr, te)[1], {}),
+        "ats": lambda fm, tr, te: (ats.ats_scores(fm, tr, te, cfg["lr"], cfg["weight_decay"]), {}),
+        "if-paper": if_paper,
+        "if-ggn": lambda fm, tr, te: (influence.if_ggn(fm, tr, te, options["damping"]), {}),
+        "if-cg": lambda fm, tr, te: influence.if_cg(
+            fm, tr, te, options["damping"], options["tol"], options["max_iter"]
+        ),
+    }
+    if method not in scorers:
+        raise UserError(f"unknown method {method!r}")
+    return scorers[method]
+
+
+def loo_seed_scores(protocol: str, samples: SeedSamples, workers: int, device) -> tuple[torch.Tensor, list[dict]]:
+    """LOO retrains one seed as a whole (`scratch`), or continues from each of its checkpoints."""
+    cfg = samples.configs[0]
+    scratch = protocol == "scratch"
+    ctx = loo.RetrainContext(
+        arch=cfg["arch"], task=cfg["task"], train_data=samples.train, test_data=samples.test.to(device),
+        cfg=TrainConfig.from_config(cfg), orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]),
+        init_seed=cfg["init_seed"], start_states=[] if scratch else [c["state_dict"] for c in samples.checkpoints],
+        eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device),
+    )  # fmt: skip
+    base = torch.stack([evaluate(m, samples.test)[0] for m in samples.models(device)])
+    scores, diag = loo.loo_scores(protocol, ctx, base, workers)
+    return scores, [diag]
+
+
+def compute(method: str, samples: SeedSamples, options: dict, device) -> tuple[torch.Tensor, list[dict]]:
+    """[n_ckpts, n_train, n_test] scores of `method` for one seed, and per-checkpoint diagnostics."""
+    family, _, variant = method.partition("-")
     if family == "loo":
-        train_cfg = TrainConfig(
-            epochs=cfg["epochs"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"]
-        )
-        ctx = loo.RetrainContext(
-            arch=cfg["arch"], task=cfg["task"], train_data=samples.train, test_data=samples.test.to(device), cfg=train_cfg,
-            orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]), init_seed=cfg["init_seed"],
-            start_states=[c["state_dict"] for c in samples.checkpoints] if variant != "scratch" else [],
-            eval_epochs=tuple(samples.epochs) if variant == "scratch" else (cfg["epochs"],), device=str(device),
-        )  # fmt: skip
-        base = torch.stack([evaluate(m, samples.test)[0] for m in samples.models(device)])
-        scores, diag = loo.loo_scores(variant, ctx, base, options.get("workers", 1))
-        return scores, [diag]
-    raise UserError(f"unknown method {method!r}")
+        return loo_seed_scores(variant, samples, options.get("workers", 1), device)
+    dtype = getattr(torch, options.get("dtype", "float32"))
+    return per_checkpoint(samples, device, dtype, checkpoint_scorer(method, options, samples.configs[0]), method)
 
 
 def run_method(method: str, model: str, task: str, num_per_class: int, seeds: list[int], out_root: Path, data_root: Path,

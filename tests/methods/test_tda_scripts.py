@@ -14,6 +14,7 @@ COMMON = ["--task", "mnist3", "--num_per_class", "10", "--device", "cpu"]
 SCRIPTS = {  # method -> (script, extra flags)
     "gd": ("gd.py", []),
     "gc": ("gc.py", []),
+    "if-paper": ("if.py", ["--solver", "paper"]),
     "if-ggn": ("if.py", ["--solver", "ggn"]),
     "loo-scratch": ("loo.py", ["--protocol", "scratch", "--workers", "2"]),
 }
@@ -65,6 +66,9 @@ def test_scores_follow_the_contract(scored, method):
     assert record["test_idx"].tolist() == read_indices(REPO_ROOT / "data/mnist3/test_subset.txt").tolist()
     assert record["sign"] in (1, -1) and record["config"]["checkpoint_config"]["seed"] == 1
     assert torch.isfinite(record["scores"]).all() and record["scores"].abs().sum() > 0
+    if method == "if-paper":  # every checkpoint records how far LiSSA is from its fixed point
+        assert len(record["config"]["diagnostics"]) == 5
+        assert record["config"]["diagnostics"][0]["fit_if_equals_minus_c_times_gd"]["r2"] > 0.99
 
 
 def test_rerun_skips_and_pvalues_run_on_the_scores(scored, data_root):
