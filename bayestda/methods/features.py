@@ -131,17 +131,20 @@ class GradFeaturizer:
             g = vmap(g, in_dims=(None, None, None, 0, None))
         g = vmap(g, in_dims=(None, None, 0, 0, None))
         parts = []
+        n_dense = sum(self.fm.params[k].numel() for k in self.dense_names)
         for xb, tb in zip(x.split(chunk), targets.split(chunk), strict=True):
             (g_dense, g_probe), inputs = g(dense, probes, xb, tb, scalar_fn)
-            lead = g_probe[self.factored[0]].shape[:-1] if self.factored else (len(xb),)
+            rows = len(xb) * (tb.shape[1] if per_sample_k else 1)  # sample-major: row i·K + k
             factors = []
             for name in self.factored:
                 a = inputs[name]
-                ones = torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)
-                a = torch.cat([a, ones], -1) if modules[name].bias is not None else a
-                factors.append((g_probe[name].reshape(-1, g_probe[name].shape[-1]), a.reshape(-1, a.shape[-1])))
-            dense_flat = flatten(g_dense, batch_dims=len(lead)).reshape(
-                -1, sum(self.fm.params[k].numel() for k in self.dense_names)
+                if modules[name].bias is not None:
+                    a = torch.cat([a, torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)], -1)
+                factors.append((g_probe[name].reshape(rows, -1), a.reshape(rows, -1)))
+            dense_flat = (
+                flatten(g_dense, batch_dims=2 if per_sample_k else 1).reshape(rows, n_dense)
+                if n_dense
+                else xb.new_zeros(rows, 0)
             )
             parts.append(GradFeatures(dense_flat, factors))
         return GradFeatures.cat(parts)

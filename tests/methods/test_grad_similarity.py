@@ -78,3 +78,23 @@ def test_linear_layers_on_sequences_stay_dense():
     assert featurizer.factored == ["head"]
     feats = featurizer.loss_grads(x, y)
     torch.testing.assert_close(featurizer.to_dense(feats), fm.per_sample_grads(x, y), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["all_linear", "no_linear_factor"])
+def test_features_when_everything_or_nothing_is_factored(kind):
+    """An MLP has no dense part; with factoring off, Jacobian rows must keep their (sample, k) order."""
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.GELU(), torch.nn.Linear(4, 3)).double().eval()
+    fm = FunctionalModel(model)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    featurizer = GradFeaturizer(fm, x, factor_linear=kind == "all_linear")
+    assert (featurizer.factored == ["0", "2"]) == (kind == "all_linear")
+    torch.testing.assert_close(featurizer.to_dense(featurizer.loss_grads(x, y, chunk=4)), fm.per_sample_grads(x, y))
+    w = torch.randn(6, 2, 3, dtype=torch.float64)
+    jv = featurizer.to_dense(featurizer.jacobian_vector_grads(x, w, chunk=4))
+    for i in range(6):
+        for k in range(2):
+            model.zero_grad()
+            out = (model(x[i : i + 1])[0] * w[i, k]).sum()
+            ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(out, list(model.parameters()))])
+            torch.testing.assert_close(jv[i * 2 + k], ref)
