@@ -34,10 +34,6 @@ def unflatten(vec: torch.Tensor, like: Params) -> Params:
     return out
 
 
-def num_params(params: Params) -> int:
-    return sum(t.numel() for t in params.values())
-
-
 class FunctionalModel:
     """Loss and its derivatives as pure functions of the trainable parameters."""
 
@@ -65,16 +61,6 @@ class FunctionalModel:
         return torch.cat(
             [flatten(g(params, xb, yb), batch_dims=1) for xb, yb in zip(x.split(chunk), y.split(chunk), strict=True)]
         )
-
-    def per_sample_losses(self, x: torch.Tensor, y: torch.Tensor, params: Params | None = None, chunk: int = 1024):
-        params = self.params if params is None else params
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    F.cross_entropy(self.logits(params, xb), yb, reduction="none")
-                    for xb, yb in zip(x.split(chunk), y.split(chunk), strict=True)
-                ]
-            )
 
     def hvp_fn(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """v ↦ H v, H the Hessian of the mean loss over (x, y); forward-over-reverse, vmappable over v."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
 from .errors import UserError
@@ -123,8 +124,8 @@ class Experiment:
         return results_dir(self.out_root, self.model, self.task, self.num_per_class)
 
     def scores(self, method: str) -> np.ndarray:
-        """[seeds, ckpts, train, test] in float64, the last n_ckpts checkpoints of every seed."""
-        return self.stacked[method][:, -self.n_ckpts :].astype(np.float64)
+        """[seeds, ckpts, train, test] in float64 (the last n_ckpts checkpoints of every seed)."""
+        return self.stacked[method].astype(np.float64)
 
     def input_digest(self) -> str:
         """Changes whenever any score, index, seed or method config changes."""
@@ -184,7 +185,7 @@ def load_experiment(
                 )
             if first is None:
                 first = (path[m][s], rec["train_idx"], rec["test_idx"])
-            elif not (torch_equal(rec["train_idx"], first[1]) and torch_equal(rec["test_idx"], first[2])):
+            elif not (torch.equal(rec["train_idx"], first[1]) and torch.equal(rec["test_idx"], first[2])):
                 raise UserError(
                     f"{path[m][s]} scores other train/test indices (or order) than {first[0]}; "
                     "all methods and seeds must share one subset: recompute the odd one with --overwrite"
@@ -197,10 +198,6 @@ def load_experiment(
         model, task, num_per_class, out_root, list(methods), seeds,
         first[1].numpy(), first[2].numpy(), n_ckpts, stacked, signs, configs,
     )  # fmt: skip
-
-
-def torch_equal(a, b) -> bool:
-    return a.shape == b.shape and bool((a == b).all())
 
 
 # ----------------------------------------------------------------------------- step 3

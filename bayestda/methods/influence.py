@@ -28,6 +28,7 @@ from ..data import Subset
 from ..func import FunctionalModel, cross_entropy_hessian_factor
 from .features import GradFeaturizer
 
+HVP_CHUNK = 25  # vectors per vmapped HVP: 0.82 s per LiSSA step at 25, 0.98 s at 50, 1.17 s at 150 (BENCHMARKS.md)
 PAPER_LISSA = {"damping": 5e-3, "scale": 1e4, "batch_size": 8, "passes": 1, "repeats": 1}
 
 
@@ -56,7 +57,7 @@ def lissa_batches(train: Subset, batch_size: int) -> list[tuple[torch.Tensor, to
 
 
 def lissa_transposed(
-    fm: FunctionalModel, vectors: torch.Tensor, batches, damping: float, scale: float, chunk: int = 50
+    fm: FunctionalModel, vectors: torch.Tensor, batches, damping: float, scale: float, chunk: int = HVP_CHUNK
 ):
     """Mᵀ v for each row v, where FastIF's recursion h ← v + A_k h (h₀ = v, A_k = (1−d)I − H_k/s) gives h_K = M v.
 
@@ -138,7 +139,7 @@ def if_ggn(fm: FunctionalModel, train: Subset, test: Subset, damping: float, chu
 
 
 def conjugate_gradient(
-    hvp, rhs: torch.Tensor, damping: float, tol: float = 1e-6, max_iter: int = 1000, chunk: int = 50
+    hvp, rhs: torch.Tensor, damping: float, tol: float = 1e-6, max_iter: int = 1000, chunk: int = HVP_CHUNK
 ):
     """Solve (H + damping·I) x = b for every row b of `rhs` at once (independent CG runs, vmapped HVPs)."""
     x = torch.zeros_like(rhs)
