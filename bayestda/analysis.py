@@ -17,6 +17,9 @@ from .correlations import correlation_tables
 from .io import atomic_write_csv, atomic_write_json
 from .statistics import P_TYPES, Experiment, pair_frame, pair_stats, summary_rows
 
+PVALUES_MANIFEST = "pvalues_manifest.json"  # written last by step 3: its presence marks finished results
+CORRELATIONS_MANIFEST = "correlations_manifest.json"  # the same for step 4
+
 
 def _up_to_date(manifest: Path, inputs: dict) -> bool:
     return manifest.is_file() and json.loads(manifest.read_text()).get("inputs") == inputs
@@ -33,7 +36,7 @@ def write_pvalues(exp: Experiment, max_ckpts: int = 5, overwrite: bool = False) 
     """
     out = exp.results_dir
     ks = list(range(1, min(max_ckpts, exp.n_ckpts) + 1))
-    manifest = out / "pvalues_manifest.json"
+    manifest = out / PVALUES_MANIFEST
     inputs = _inputs(exp, num_ckpts=ks)
     if not overwrite and _up_to_date(manifest, inputs):
         return None
@@ -67,7 +70,7 @@ def write_correlations(exp: Experiment, num_ckpts: int = 5, overwrite: bool = Fa
     """Pearson and Spearman method × method matrices (raw and sign-aligned) as CSV and heatmaps."""
     out = exp.results_dir
     k = min(num_ckpts, exp.n_ckpts)
-    manifest = out / "correlations_manifest.json"
+    manifest = out / CORRELATIONS_MANIFEST
     inputs = _inputs(exp, num_ckpts=k)
     if not overwrite and _up_to_date(manifest, inputs):
         return None

@@ -13,11 +13,15 @@ from .errors import UserError
 from .paths import DATA_ROOT_ENV
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the script's docstring kept as written."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error that points at --help."""
 
     def __init__(self, description: str, **kwargs):
-        super().__init__(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(description=description, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -115,8 +115,13 @@ def train_ensemble(
     return {seed: results[seed] for seed in seeds}
 
 
-def train_command(model: str, task: str, num_per_class: int) -> str:
-    """The step-1a command that trains the seeds of a model name such as `cnn3-deinit`."""
+def train_argv(model: str, task: str, num_per_class: int) -> list[str]:
+    """The step-1a script and flags that train the seeds of a model name such as `cnn3-deinit`."""
     base, posterior = parse_model_name(model)
     arch = {name: arch for arch, name in ARCHS.items()}[base]
-    return f"python train_cnn.py --task {task} --num_per_class {num_per_class} --arch {arch} --posterior {posterior}"
+    flags = ["--task", task, "--num_per_class", str(num_per_class), "--arch", arch, "--posterior", posterior]
+    return ["train_cnn.py", *flags]
+
+
+def train_command(model: str, task: str, num_per_class: int) -> str:
+    return " ".join(["python", *train_argv(model, task, num_per_class)])

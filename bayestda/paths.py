@@ -101,9 +101,13 @@ def results_dir(out_root: Path, model: str, task: str, num_per_class: int) -> Pa
 VARIANT_FLAG = {"loo": "--protocol", "if": "--solver"}
 
 
-def score_command(model: str, method: str, task: str, num_per_class: int) -> str:
-    """The step-2 command that writes a method's score files (every missing seed when run without --seed_id)."""
+def score_argv(model: str, method: str, task: str, num_per_class: int) -> list[str]:
+    """The step-2 script and flags that write a method's score files (every missing seed without --seed_id)."""
     family, _, variant = method.partition("-")
     folder = "tda_vit_scripts" if model.split("-")[0] == "vit" else "tda_cnn_scripts"
-    cmd = f"python {folder}/{family}.py --model {model} --task {task} --num_per_class {num_per_class}"
-    return cmd + (f" {VARIANT_FLAG[family]} {variant}" if variant else "")
+    argv = [f"{folder}/{family}.py", "--model", model, "--task", task, "--num_per_class", str(num_per_class)]
+    return argv + ([VARIANT_FLAG[family], variant] if variant else [])
+
+
+def score_command(model: str, method: str, task: str, num_per_class: int) -> str:
+    return " ".join(["python", *score_argv(model, method, task, num_per_class)])

@@ -22,6 +22,7 @@ from .io import atomic_torch_save
 # of L(z) when z_j is up-weighted (a helper lowers it); GD and GC are similarities.
 HELPS_SIGN = {"loo": +1, "ats": -1, "if": -1, "gd": +1, "gc": +1}
 PAPER_METHODS = ("loo-paper", "ats", "if-paper", "gd", "gc")
+METHODS = ("loo-paper", "loo-paired", "loo-scratch", "ats", "if-paper", "if-ggn", "if-cg", "gd", "gc")
 KEYS = ("scores", "train_idx", "test_idx", "ckpt_epochs", "seed", "method", "config", "sign")
 
 

@@ -1,0 +1,1 @@
+"""Run whole experiments: the task graph over the step scripts, and the local, Ray and Slurm backends."""

@@ -1,0 +1,148 @@
+"""`run_experiment.py`: build an experiment's task graph and run what is missing on a backend."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from ..cli import Parser
+from ..data import TASKS
+from ..errors import UserError
+from ..paths import DATA_ROOT_ENV, read_seeds, resolve_out_root
+from . import slurm
+from .execute import LocalExecutor, RayExecutor, available_cores, execute, write_report
+from .graph import DEFAULT_METHODS, ExperimentSpec, build_graph, pending, resolve_methods
+
+
+def parser(doc: str) -> Parser:
+    p = Parser(doc)
+    g = p.add_argument_group("experiment")
+    g.add_argument("--model", default="cnn", help="cnn, cnn3 (3-layer), or with a posterior suffix: cnn-deinit, ...")
+    g.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
+    g.add_argument("--num_per_class", type=int, required=True, help="training images per class (10..60)")
+    g.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated: loo, if (variant from --protocol/--solver) or full names: loo-scratch, if-cg, ...",
+    )
+    g.add_argument("--protocol", default="paper", choices=["paper", "paired", "scratch"], help="LOO for bare `loo`")
+    g.add_argument("--solver", default="paper", choices=["paper", "ggn", "cg"], help="IF solver for bare `if`")
+    g.add_argument(
+        "--seeds", "--seed_ids", dest="seed_ids", type=int, nargs="+", default=None,
+        help="seed_ids (0-based lines of seeds.txt) to run; default: every seed",
+    )  # fmt: skip
+    g.add_argument("--epochs", type=int, default=None, help="training epochs; default 15 (mnist3) or 30 (cifar10)")
+    g.add_argument("--data_root", default=None, help=f"dataset folder; default ${DATA_ROOT_ENV}, else ./data")
+    g.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/, logs/; default: the repo")
+    g.add_argument("--overwrite", action="store_true", help="redo every task, even those whose outputs exist")
+
+    r = p.add_argument_group("running")
+    r.add_argument("--backend", default="local", choices=["local", "ray", "slurm"], help="where tasks run")
+    r.add_argument(
+        "--gpus", default="auto", help="local: GPU ids, one task per GPU (0,1,...); auto: every visible GPU; none: CPU"
+    )
+    r.add_argument(
+        "--jobs", type=int, default=None, help="local, on CPU: tasks at once, sharing the cores; default min(cores, 8)"
+    )
+    r.add_argument("--retries", type=int, default=1, help="times a failed task is retried before the run stops")
+    r.add_argument("--keep_going", action="store_true", help="after a failure, go on with tasks that do not need it")
+    r.add_argument(
+        "--dry_run", action="store_true", help="list the tasks still to run (slurm: write sbatch scripts), run nothing"
+    )
+    r.add_argument("--ray_address", default=None, help="ray: cluster address; default $RAY_ADDRESS, else a local Ray")
+
+    s = p.add_argument_group("slurm")
+    s.add_argument("--slurm_partition", default=None, help="partition for every job")
+    s.add_argument("--slurm_time", type=int, default=240, help="time limit of one array element, minutes")
+    s.add_argument("--slurm_cpus", type=int, default=4, help="CPUs per array element")
+    s.add_argument("--slurm_gpus", type=int, default=1, help="GPUs per training/TDA element; 0 for CPU-only")
+    s.add_argument(
+        "--slurm_extra", action="append", default=[], help="extra #SBATCH option, e.g. --slurm_extra=--account=abc"
+    )
+    return p
+
+
+def _gpus(flag: str) -> list[str]:
+    if flag in ("none", ""):
+        return []
+    if flag == "auto":
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    ids = [g.strip() for g in flag.split(",") if g.strip()]
+    if not all(g.isdigit() for g in ids):
+        raise UserError(f"--gpus {flag!r}: give GPU ids like 0,1 (or auto, or none)")
+    return ids
+
+
+def spec_from_args(p: Parser, args) -> ExperimentSpec:
+    n_seeds = len(read_seeds())
+    seed_ids = args.seed_ids if args.seed_ids is not None else list(range(n_seeds))
+    if bad := [k for k in seed_ids if not 0 <= k < n_seeds]:
+        p.error(f"--seeds {bad} out of range: seeds.txt has {n_seeds} seeds, so use 0..{n_seeds - 1}")
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be at least 1")
+    methods = resolve_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.protocol, args.solver)
+    if not methods:
+        p.error("--methods is empty")
+    return ExperimentSpec(
+        model=args.model, task=args.task, num_per_class=args.num_per_class, methods=methods,
+        seed_ids=tuple(dict.fromkeys(seed_ids)), out_root=resolve_out_root(args.out_root),
+        data_root=args.data_root, epochs=args.epochs, overwrite=args.overwrite,
+    )  # fmt: skip
+
+
+def main(doc: str) -> None:
+    p = parser(doc)
+    args = p.parse_args()
+    if args.retries < 0:
+        p.error("--retries must be 0 or more")
+    if args.jobs is not None and args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    spec = spec_from_args(p, args)
+    tasks = build_graph(spec)
+    todo = pending(tasks)
+    log_dir = (spec.out_root / "logs" / spec.name).resolve()
+
+    if args.dry_run:
+        print(f"{spec.name}: {len(todo)} task(s) to run, {len(tasks) - len(todo)} already done")
+        for task in todo:
+            print(f"  {task.name:<22} python {shlex.join(task.command())}")
+        if args.backend == "slurm" and todo:
+            written = slurm.write_scripts(todo, spec.name, log_dir, log_dir / "slurm", _slurm_options(args))
+            print(f"sbatch scripts: {written[0].parent}/ (submit with: bash {written[-1]})")
+        return
+    if not todo:
+        print(f"{spec.name}: every task is already done (--overwrite to redo)")
+        return
+    if args.backend == "slurm":
+        ids = slurm.submit(todo, spec.name, log_dir, _slurm_options(args))
+        print(f"{spec.name}: submitted " + ", ".join(f"{s} as job {j}" for s, j in ids.items()))
+        print(f"logs: {log_dir}/; check progress with squeue, and what is left with --dry_run")
+        return
+
+    cores = available_cores()
+    if args.backend == "ray":
+        executor = RayExecutor(args.ray_address, threads=max(1, cores // (args.jobs or cores)))
+    else:
+        gpus = _gpus(args.gpus)
+        executor = LocalExecutor(gpus, args.jobs or min(cores, 8), cores)
+    print(f"{spec.name}: {len(todo)} task(s) to run, {len(tasks) - len(todo)} already done; {executor.describe()}")
+    print(f"logs: {log_dir}/<task>.log")
+    try:
+        report = execute(tasks, executor, log_dir, spec.name, args.retries, args.keep_going)
+    finally:
+        executor.close()
+    write_report(report, log_dir)
+    print(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+def _slurm_options(args) -> slurm.SlurmOptions:
+    if any("=" not in e for e in args.slurm_extra):
+        raise UserError("--slurm_extra takes sbatch options as --slurm_extra=--key=value")
+    return slurm.SlurmOptions(
+        partition=args.slurm_partition, time_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
+        gpus_per_task=args.slurm_gpus, extra=tuple(args.slurm_extra), retries=args.retries,
+    )  # fmt: skip

@@ -1,0 +1,266 @@
+"""Run a task graph: a scheduler that starts tasks whose dependencies are met, retries a failure once, and
+reports what finished, what failed and where its log is.
+
+The scheduler is the same for every backend. A backend only places one task: `LocalExecutor` on a pool of
+slots on this machine (one per GPU, or `--jobs` CPU slots), `RayExecutor` as a Ray task with its resources.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..io import atomic_write_json
+from ..paths import REPO_ROOT
+from .graph import Task, pending
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def placement_env(threads: int, gpu: str | None) -> dict[str, str]:
+    """Environment of one task: its thread budget, and the one GPU it sees ('' hides every GPU)."""
+    return {**dict.fromkeys(THREAD_VARS, str(threads)), "CUDA_VISIBLE_DEVICES": gpu or "", "PYTHONUNBUFFERED": "1"}
+
+
+def run_logged(argv: list[str], env: dict[str, str], log: str, attempt: int, cwd: str = str(REPO_ROOT)) -> int:
+    """Run a step script with `python`, appending its output to `log`; returns the exit status.
+
+    Module-level so that Ray and submitit can ship it to other processes and nodes.
+    """
+    log_path = Path(log)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, *argv]
+    with log_path.open("a") as f:
+        f.write(f"\n=== attempt {attempt}: {' '.join(command)}\n=== env: {env}\n")
+        f.flush()
+        start = time.perf_counter()
+        rc = subprocess.run(command, cwd=cwd, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT).returncode
+        f.write(f"=== exit status {rc} after {time.perf_counter() - start:.1f} s\n")
+    return rc
+
+
+def run_with_retry(argv: list[str], env: dict[str, str], log: str, retries: int = 1) -> int:
+    """One task with its retries in one process: what a Slurm array element runs."""
+    for attempt in range(1, retries + 2):
+        rc = run_logged(argv, env, log, attempt)
+        if rc == 0:
+            break
+    return rc
+
+
+class LocalExecutor:
+    """A pool of slots on this machine. With GPUs each slot owns one GPU; without, `jobs` CPU slots.
+
+    The CPU cores are shared out evenly, so `jobs` single-threaded tasks never oversubscribe the machine.
+    """
+
+    def __init__(self, gpus: list[str], jobs: int, cores: int | None = None):
+        cores = cores or available_cores()
+        self.gpus = gpus
+        n_slots = len(gpus) if gpus else jobs
+        self.threads = max(1, cores // n_slots)
+        self.free = list(range(n_slots))
+        self.slot_of: dict[Future, int] = {}
+        self.pool = ThreadPoolExecutor(n_slots, thread_name_prefix="task")
+
+    def describe(self) -> str:
+        where = f"GPUs {','.join(self.gpus)} (one task each)" if self.gpus else f"{len(self.free)} CPU jobs"
+        return f"local: {where}, {self.threads} thread(s) per task"
+
+    def has_capacity(self) -> bool:
+        return bool(self.free)
+
+    def submit(self, task: Task, log: Path, attempt: int) -> Future:
+        slot = self.free.pop(0)
+        gpu = self.gpus[slot] if self.gpus and task.uses_gpu else None
+        env = placement_env(self.threads, gpu)
+        future = self.pool.submit(run_logged, task.command(self.threads), env, str(log), attempt)
+        self.slot_of[future] = slot
+        return future
+
+    def release(self, future: Future) -> None:
+        self.free.append(self.slot_of.pop(future))
+
+    def close(self, cancel: bool = False) -> None:
+        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class RayExecutor:
+    """Each task is a Ray task; Ray queues them and places them on the cluster by their resources.
+
+    Every node must see the repository and `--out_root` at the same path (a shared file system).
+    """
+
+    def __init__(self, address: str | None, threads: int):
+        try:
+            import ray
+        except ImportError:
+            raise UserError(
+                "the ray backend needs Ray: pip install -r req-scale.txt (or pip install 'ray[default]'), "
+                "or use --backend local"
+            ) from None
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
+            )
+        self.has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self.threads = threads
+        self.remote = ray.remote(run_logged)
+
+    def describe(self) -> str:
+        res = self.ray.cluster_resources()
+        return f"ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs, {self.threads} thread(s) per CPU task"
+
+    def has_capacity(self) -> bool:
+        return True  # Ray queues tasks until resources free up
+
+    def submit(self, task: Task, log: Path, attempt: int) -> Future:
+        on_gpu = task.uses_gpu and self.has_gpus
+        # Ray sets CUDA_VISIBLE_DEVICES for a task with num_gpus; a CPU task must not see the node's GPUs.
+        env = {
+            k: v for k, v in placement_env(self.threads, None).items() if not (on_gpu and k == "CUDA_VISIBLE_DEVICES")
+        }
+        options = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": self.threads}
+        ref = self.remote.options(max_retries=0, **options).remote(task.command(self.threads), env, str(log), attempt)
+        return ref.future()
+
+    def release(self, future: Future) -> None:
+        pass
+
+    def close(self, cancel: bool = False) -> None:
+        self.ray.shutdown()
+
+
+@dataclass
+class RunReport:
+    """What one run did; written as JSON beside the task logs."""
+
+    experiment: str
+    skipped: list[str] = field(default_factory=list)  # already done before the run
+    finished: dict[str, float] = field(default_factory=dict)  # name -> seconds
+    failed: dict[str, dict] = field(default_factory=dict)  # name -> {exit_status, log}
+    not_started: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.not_started
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.experiment}: {len(self.finished)} task(s) finished, {len(self.skipped)} already done, "
+            f"{len(self.failed)} failed, {len(self.not_started)} not started"
+        ]
+        for name, info in self.failed.items():
+            lines.append(f"  FAILED {name} (exit status {info['exit_status']}), log: {info['log']}")
+            lines += [f"    | {line}" for line in info["tail"]]
+        if self.not_started:
+            lines.append(f"  not started: {', '.join(self.not_started)}")
+        if self.failed or self.not_started:
+            lines.append("  finished work is kept; rerun the same command to do only what is missing")
+        return "\n".join(lines)
+
+
+def _log_tail(log: Path, n: int = 5) -> list[str]:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if not line.startswith("===")]
+    except OSError:
+        return []
+    return lines[-n:]
+
+
+def execute(
+    tasks: list[Task],
+    executor,
+    log_dir: Path,
+    experiment: str,
+    retries: int = 1,
+    keep_going: bool = False,
+) -> RunReport:
+    """Run the tasks still pending, in dependency order, as far as the executor allows at once.
+
+    A task that fails is retried `retries` times. A task that still fails stops the run: nothing new starts,
+    running tasks finish (their outputs are kept). With `keep_going`, tasks that do not depend on it go on.
+    """
+    todo = {t.name: t for t in pending(tasks)}
+    report = RunReport(experiment, skipped=[t.name for t in tasks if t.name not in todo])
+    finished = set(report.skipped)
+    running: dict[Future, tuple[Task, int]] = {}
+    started: dict[str, float] = {}
+    stopping = False
+    bar = tqdm(total=len(todo), desc=experiment, unit="task", dynamic_ncols=True)
+
+    def log_of(task: Task) -> Path:
+        return log_dir / f"{task.name}.log"
+
+    def blocked(task: Task) -> bool:
+        return any(d in report.failed or (d in blocked_names) for d in task.deps)
+
+    blocked_names: set[str] = set()
+    try:
+        while True:
+            for name, task in list(todo.items()):
+                if stopping or not executor.has_capacity():
+                    break
+                if blocked(task):
+                    blocked_names.add(name)
+                    continue
+                if all(d in finished for d in task.deps):
+                    log_of(task).unlink(missing_ok=True)  # one log per task: this run's attempts only
+                    started[name] = time.perf_counter()
+                    running[executor.submit(task, log_of(task), 1)] = (task, 1)
+                    del todo[name]
+            if not running:
+                break
+            bar.set_postfix_str(", ".join(sorted(t.name for t, _ in running.values()))[:60])
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                task, attempt = running.pop(future)
+                executor.release(future)
+                try:
+                    rc = future.result()
+                except Exception as exc:  # the backend could not run it at all
+                    rc = -1
+                    with log_of(task).open("a") as f:
+                        f.write(f"=== the {type(exc).__name__} backend error: {exc}\n")
+                if rc == 0:
+                    finished.add(task.name)
+                    report.finished[task.name] = round(time.perf_counter() - started[task.name], 1)
+                    bar.update()
+                elif attempt <= retries:
+                    tqdm.write(f"{task.name} failed (exit status {rc}); retrying, log: {log_of(task)}")
+                    running[executor.submit(task, log_of(task), attempt + 1)] = (task, attempt + 1)
+                else:
+                    report.failed[task.name] = {
+                        "exit_status": rc, "log": str(log_of(task)), "tail": _log_tail(log_of(task)),
+                    }  # fmt: skip
+                    tqdm.write(f"{task.name} failed again (exit status {rc}); log: {log_of(task)}")
+                    stopping = not keep_going
+    except KeyboardInterrupt:
+        executor.close(cancel=True)
+        raise
+    finally:
+        bar.close()
+    report.not_started = list(todo)
+    return report
+
+
+def write_report(report: RunReport, log_dir: Path) -> Path:
+    path = log_dir / "last_run.json"
+    atomic_write_json(report.__dict__, path)
+    return path

@@ -1,0 +1,191 @@
+"""The task graph of one experiment: subsets → train (per seed) → each method (per seed) → p-values, correlations.
+
+Every task is one call of a step script, exactly as a user would type it, so the runner never does anything the
+steps cannot do by hand. A task is done when the artifacts its step would write already exist (the same test
+the step uses to skip finished work), so a rerun only lists what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..analysis import CORRELATIONS_MANIFEST, PVALUES_MANIFEST
+from ..checkpoints import read_metrics
+from ..ensemble import train_argv
+from ..errors import UserError
+from ..paths import (
+    REPO_ROOT,
+    checkpoint_file,
+    experiment_name,
+    find_subset_file,
+    last_epochs,
+    read_seeds,
+    results_dir,
+    score_argv,
+    score_file,
+    seed_model_dir,
+)
+from ..posterior import parse_model_name
+from ..scores import METHODS
+
+DEFAULT_METHODS = ("loo", "ats", "if", "gd", "gc")  # the paper's five; bare loo/if take --protocol/--solver
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What to run: one model family on one training subset, a set of methods and seeds."""
+
+    model: str  # cnn, cnn3, vit, or with a posterior suffix: cnn-deinit, cnn3-debatch
+    task: str
+    num_per_class: int
+    methods: tuple[str, ...]  # score-file names, e.g. ("loo-paper", "ats", "if-paper", "gd", "gc")
+    seed_ids: tuple[int, ...]
+    out_root: Path
+    data_root: Path | None = None  # None: the steps' own default ($BAYESTDA_DATA_ROOT, else ./data)
+    epochs: int | None = None  # None: the task's paper budget
+    overwrite: bool = False
+
+    @property
+    def name(self) -> str:
+        return experiment_name(self.model, self.task, self.num_per_class)
+
+    @property
+    def seeds(self) -> list[int]:
+        """Seed values of the selected seed_ids (lines of seeds.txt)."""
+        values = read_seeds()
+        return [values[i] for i in self.seed_ids]
+
+
+@dataclass
+class Task:
+    """One step-script call. `argv` is the script (relative to the repository root) and its flags."""
+
+    name: str  # unique within the experiment; also the stem of its log file
+    stage: str  # subsets, train, a method name, pvalues or correlations
+    argv: list[str]
+    deps: list[str] = field(default_factory=list)
+    done: bool = False
+    seed_id: int | None = None  # per-seed tasks get `--seed_id` appended
+    uses_gpu: bool = False
+    takes_workers: bool = False  # LOO: gets `--workers <threads>` so it fills its share of the CPU
+
+    def command(self, threads: int = 1, seed_id: str | None = None) -> list[str]:
+        """The script and flags; `seed_id` replaces the task's own (a Slurm array index variable)."""
+        argv = list(self.argv)
+        if self.seed_id is not None:
+            argv += ["--seed_id", seed_id if seed_id is not None else str(self.seed_id)]
+        if self.takes_workers:
+            argv += ["--workers", str(threads)]
+        return argv
+
+
+def resolve_methods(names: list[str], protocol: str, solver: str) -> tuple[str, ...]:
+    """`loo` -> `loo-<protocol>`, `if` -> `if-<solver>`; full names pass through. Unknown names are an error."""
+    out = []
+    for name in names:
+        method = {"loo": f"loo-{protocol}", "if": f"if-{solver}"}.get(name, name)
+        if method not in METHODS:
+            raise UserError(f"unknown method {name!r}; choose from loo, if, {', '.join(METHODS)}")
+        if method not in out:
+            out.append(method)
+    return tuple(out)
+
+
+def check_model(model: str) -> None:
+    try:
+        base, _ = parse_model_name(model)
+    except ValueError as exc:
+        raise UserError(f"--model {model}: {exc}; use cnn, cnn3 or vit, optionally with -deinit or -debatch") from None
+    if base not in ("cnn", "cnn3", "vit"):
+        raise UserError(f"--model {model}: unknown model family {base!r}; use cnn, cnn3 or vit")
+    if base == "vit":
+        raise UserError("--model vit: the ViT steps (finetune_vit.py, tda_vit_scripts/) are not implemented yet")
+
+
+def _trained(seed_dir: Path) -> bool:
+    """A finished training run: metrics.json (written last) and its last checkpoints."""
+    metrics = read_metrics(seed_dir)
+    return metrics is not None and all(
+        checkpoint_file(seed_dir, e).is_file() for e in last_epochs(metrics["config"]["epochs"])
+    )
+
+
+def _analysis_done(manifest: Path, spec: ExperimentSpec, inputs: list[Path]) -> bool:
+    """The step's manifest names these methods and seeds and is newer than every score file it read."""
+    if not manifest.is_file() or not all(p.is_file() for p in inputs):
+        return False
+    recorded = json.loads(manifest.read_text()).get("inputs", {})
+    newest_input = max(p.stat().st_mtime for p in inputs)
+    return (
+        recorded.get("methods") == list(spec.methods)
+        and recorded.get("seeds") == spec.seeds
+        and manifest.stat().st_mtime >= newest_input
+    )
+
+
+def build_graph(spec: ExperimentSpec) -> list[Task]:
+    """Every task of the experiment in dependency order, each marked done or not."""
+    check_model(spec.model)
+    out = spec.out_root
+    common = ["--out_root", str(out)] if out.resolve() != REPO_ROOT else []
+    data = ["--data_root", str(spec.data_root)] if spec.data_root else []
+    overwrite = ["--overwrite"] if spec.overwrite else []
+    n = spec.num_per_class
+    seeds = read_seeds()
+
+    subsets_done = all(
+        find_subset_file(out, name, spec.task) for name in (f"train_subset_{n}pc.txt", "test_subset.txt")
+    )
+    subsets = Task(
+        "subsets", "subsets", ["make_subsets.py", "--task", spec.task, "--num_per_class", str(n), *common, *data],
+        done=subsets_done,
+    )  # fmt: skip
+    tasks = [subsets]
+
+    epochs = ["--epochs", str(spec.epochs)] if spec.epochs else []
+    train_script = [*train_argv(spec.model, spec.task, n), *epochs, *common, *data, *overwrite]
+    for k in spec.seed_ids:
+        seed_dir = seed_model_dir(out, spec.model, spec.task, n, seeds[k])
+        done = not spec.overwrite and _trained(seed_dir)
+        tasks.append(Task(f"train_seed{k}", "train", train_script, ["subsets"], done, k, uses_gpu=True))
+
+    score_files = []
+    for method in spec.methods:
+        argv = [*score_argv(spec.model, method, spec.task, n), *common, *data, *overwrite]
+        for k in spec.seed_ids:
+            path = score_file(out, spec.model, method, spec.task, n, seeds[k])
+            score_files.append(path)
+            done = not spec.overwrite and path.is_file()
+            tasks.append(
+                Task(f"{method}_seed{k}", method, argv, [f"train_seed{k}"], done, k, uses_gpu=True,
+                     takes_workers=method.startswith("loo"))
+            )  # fmt: skip
+
+    method_tasks = [t.name for t in tasks if t.stage in spec.methods]
+    stats = ["--model", spec.model, "--task", spec.task, "--num_per_class", str(n), "--methods", ",".join(spec.methods)]
+    if list(spec.seed_ids) != list(range(len(seeds))):
+        stats += ["--seeds", *map(str, spec.seeds)]
+    res = results_dir(out, spec.model, spec.task, n)
+    for stage, script, manifest in (
+        ("pvalues", "compute_pvalues.py", PVALUES_MANIFEST),
+        ("correlations", "compute_correlations.py", CORRELATIONS_MANIFEST),
+    ):
+        done = not spec.overwrite and _analysis_done(res / manifest, spec, score_files)
+        tasks.append(Task(stage, stage, [script, *stats, *common, *overwrite], method_tasks, done))
+    return tasks
+
+
+ANALYSIS_STAGES = ("pvalues", "correlations")
+
+
+def pending(tasks: list[Task]) -> list[Task]:
+    """The tasks still to run. p-values and correlations also rerun when a score file they read is still to come;
+    a score file that exists is kept, as its step would keep it."""
+    todo: set[str] = set()
+    for task in tasks:  # dependency order
+        inputs_change = task.stage in ANALYSIS_STAGES and any(d in todo for d in task.deps)
+        if not task.done or inputs_change:
+            todo.add(task.name)
+    return [t for t in tasks if t.name in todo]

@@ -1,0 +1,180 @@
+"""The paper's second model family: a HF ViT image classifier with LoRA adapters (peft).
+
+`build_vit` loads the backbone with `AutoModelForImageClassification.from_pretrained` (a hub id, or a local
+directory holding `config.json`), then wraps it with LoRA on the attention query and value projections and
+a trained classifier. `ViTClassifier` exposes it as a plain `forward(pixels) -> logits` module, so the one
+training loop and every TDA method treat it like the CNNs; only its trainable parameters (LoRA and the
+classifier) are trained, scored and saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import UserError
+
+DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The paper's LoRA: r=16, alpha=16 on the attention query and value projections, dropout 0.1."""
+
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("query", "value")  # names in transformers < 5; 5.x calls them q_proj, v_proj
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# transformers 5 renamed ViT's attention projections; the paper's "query/value" are the same layers.
+_RENAMED = {"query": "q_proj", "value": "v_proj"}
+
+
+class ViTClassifier(nn.Module):
+    """A peft-wrapped HF image classifier seen as `forward(pixel_values) -> logits`."""
+
+    def __init__(self, peft_model: nn.Module):
+        super().__init__()
+        self.net = peft_model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=x).logits
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Exactly the trained tensors (LoRA and classifier): what a checkpoint holds."""
+        return {k: v.detach().cpu().clone() for k, v in self.named_parameters() if v.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
+        own = {k: v for k, v in self.named_parameters() if v.requires_grad}
+        if own.keys() != state.keys() or any(own[k].shape != state[k].shape for k in own):
+            missing, extra = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+            shapes = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+            raise UserError(
+                f"{source} does not match this LoRA configuration "
+                f"(missing {missing[:3]}, unexpected {extra[:3]}, other shapes {shapes[:3]}); "
+                "was it trained with another --model_name_or_path or LoRA setting?"
+            )
+        with torch.no_grad():
+            for k, v in own.items():
+                v.copy_(state[k])
+
+
+def _check_source(name_or_path: str) -> None:
+    path = Path(name_or_path)
+    if path.exists() and not (path / "config.json").is_file():
+        raise UserError(
+            f"{path} has no config.json, so it is not a saved transformers model; "
+            "pass a hub id (e.g. google/vit-base-patch16-224-in21k) or a folder written by save_pretrained"
+        )
+
+
+def _target_modules(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    resolved = [t if t in leaf_names else _RENAMED.get(t, t) for t in targets]
+    if missing := [t for t in resolved if t not in leaf_names]:
+        raise UserError(f"the model has no modules named {missing} to put LoRA on")
+    return resolved
+
+
+def build_vit(name_or_path: str, num_labels: int, lora: LoraSpec) -> ViTClassifier:
+    """The backbone from `name_or_path` with a new `num_labels` classifier, wrapped with LoRA.
+
+    The new classifier and LoRA's A matrices are initialised from torch's global RNG: seed it first.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    _check_source(name_or_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the expected "classifier newly initialised" report is noise here
+    try:
+        base = AutoModelForImageClassification.from_pretrained(
+            name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True
+        )
+    except OSError as exc:
+        raise UserError(f"cannot load a model from {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        target_modules=_target_modules(base, lora.targets),
+        lora_dropout=lora.dropout,
+        bias="none",
+        modules_to_save=["classifier"],
+    )
+    return ViTClassifier(get_peft_model(base, config))
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How the backbone wants its pixels: square size, per-channel mean and std (from its image processor)."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> ImageSpec:
+        from transformers import AutoImageProcessor
+
+        _check_source(name_or_path)
+        try:
+            proc = AutoImageProcessor.from_pretrained(name_or_path)
+        except OSError as exc:
+            raise UserError(
+                f"cannot load the image processor of {name_or_path!r}: {str(exc).splitlines()[0]}"
+            ) from None
+        return cls(int(proc.size["height"]), tuple(proc.image_mean), tuple(proc.image_std))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic preprocessing (the test set): to RGB, resize to size × size, normalise."""
+        return self._normalise(F.interpolate(_rgb(x), size=(self.size, self.size), mode="bilinear", antialias=True))
+
+    def random_resized_crop(self, x: torch.Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        """Training augmentation as torchvision's RandomResizedCrop, one crop per image drawn from `gen`."""
+        x = _rgb(x)
+        h, w = x.shape[-2:]
+        out = []
+        for img in x:
+            top, left, ch, cw = _crop_box(h, w, scale, ratio, gen)
+            crop = img[None, :, top : top + ch, left : left + cw]
+            out.append(F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True))
+        return self._normalise(torch.cat(out))
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None, None]
+        return (x - mean) / std
+
+
+def _rgb(x: torch.Tensor) -> torch.Tensor:
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def _crop_box(h: int, w: int, scale, ratio, gen: torch.Generator) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params, with an explicit generator."""
+    area = h * w
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=gen).item()
+        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0].item(), log_ratio[1].item(), generator=gen)).item()
+        cw, ch = round((target * aspect) ** 0.5), round((target / aspect) ** 0.5)
+        if 0 < cw <= w and 0 < ch <= h:
+            top = torch.randint(0, h - ch + 1, (1,), generator=gen).item()
+            left = torch.randint(0, w - cw + 1, (1,), generator=gen).item()
+            return top, left, ch, cw
+    side = min(h, w)  # fallback: the central square crop
+    return (h - side) // 2, (w - side) // 2, side, side

@@ -1,0 +1,118 @@
+"""The scheduler on synthetic tasks (tiny `python -c` programs): order, retries, failure reports, slots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bayestda.pipeline.execute import LocalExecutor, execute, placement_env, write_report
+from bayestda.pipeline.graph import Task
+
+
+def writer(tmp_path, name: str, deps=(), code: str = "") -> Task:
+    """A task that checks its dependencies' files exist, then writes its own (plus optional extra code)."""
+    checks = "".join(f"assert (out / '{d}').exists(), 'ran before {d}'\n" for d in deps)
+    program = (
+        f"from pathlib import Path\nout = Path({str(tmp_path)!r})\n{checks}{code}\n(out / '{name}').write_text('ok')\n"
+    )
+    return Task(name, name, ["-c", program], list(deps))
+
+
+def run(tasks, tmp_path, jobs=2, **kwargs):
+    executor = LocalExecutor([], jobs, cores=2)
+    try:
+        return execute(tasks, executor, tmp_path / "logs", "toy", **kwargs)
+    finally:
+        executor.close()
+
+
+def test_dependencies_run_first_and_done_tasks_are_skipped(tmp_path):
+    (tmp_path / "a").write_text("from an earlier run")
+    tasks = [
+        Task("a", "a", ["-c", "raise SystemExit('must not run')"], done=True),
+        writer(tmp_path, "b", ["a"]),
+        writer(tmp_path, "c", ["a"]),
+        writer(tmp_path, "d", ["b", "c"]),
+    ]
+    report = run(tasks, tmp_path)
+    assert report.ok and report.skipped == ["a"] and set(report.finished) == {"b", "c", "d"}
+    assert (tmp_path / "a").read_text() == "from an earlier run"
+    assert "attempt 1" in (tmp_path / "logs" / "d.log").read_text()
+
+
+def test_a_flaky_task_is_retried_once(tmp_path):
+    flaky = "m = out / 'tried'\nif not m.exists():\n    m.write_text('1')\n    raise RuntimeError('first try fails')"
+    report = run([writer(tmp_path, "a", code=flaky), writer(tmp_path, "b", ["a"])], tmp_path)
+    assert report.ok and (tmp_path / "b").exists()
+    log = (tmp_path / "logs" / "a.log").read_text()
+    assert "attempt 1" in log and "RuntimeError: first try fails" in log and "attempt 2" in log
+
+
+def test_a_failing_task_is_retried_once_then_reported_and_the_run_stops(tmp_path):
+    boom = "raise RuntimeError('injected failure')"
+    tasks = [
+        writer(tmp_path, "ok1"),
+        writer(tmp_path, "bad", code=boom),
+        writer(tmp_path, "after_bad", ["bad"]),
+        writer(tmp_path, "later", ["ok1"]),
+    ]
+    report = run(tasks, tmp_path, jobs=1)
+    log = (tmp_path / "logs" / "bad.log").read_text()
+    assert log.count("=== attempt") == 2 and "injected failure" in log
+    assert list(report.failed) == ["bad"] and report.failed["bad"]["exit_status"] == 1
+    assert "RuntimeError: injected failure" in report.failed["bad"]["tail"][-1]
+    assert report.finished.keys() == {"ok1"} and (tmp_path / "ok1").exists()  # finished work is kept
+    assert set(report.not_started) == {"after_bad", "later"}  # the run stopped: nothing new started
+    text = report.summary()
+    assert "FAILED bad" in text and str(tmp_path / "logs" / "bad.log") in text and "not started" in text
+    saved = json.loads(write_report(report, tmp_path / "logs").read_text())
+    assert saved["failed"]["bad"]["log"].endswith("bad.log") and saved["finished"].keys() == {"ok1"}
+
+    # The next run does only what is missing once the cause is fixed.
+    tasks[1] = writer(tmp_path, "bad")
+    for t in tasks:
+        t.done = (tmp_path / t.name).exists()
+    report = run(tasks, tmp_path, jobs=1)
+    assert report.ok and report.skipped == ["ok1"] and set(report.finished) == {"bad", "after_bad", "later"}
+
+
+def test_keep_going_runs_what_does_not_depend_on_the_failure(tmp_path):
+    tasks = [
+        writer(tmp_path, "bad", code="raise SystemExit(3)"),
+        writer(tmp_path, "after_bad", ["bad"]),
+        writer(tmp_path, "independent"),
+    ]
+    report = run(tasks, tmp_path, jobs=1, keep_going=True, retries=0)
+    assert report.failed["bad"]["exit_status"] == 3 and "attempt 2" not in (tmp_path / "logs" / "bad.log").read_text()
+    assert report.finished.keys() == {"independent"} and report.not_started == ["after_bad"]
+
+
+def test_slots_pin_gpus_and_share_cores():
+    gpu = LocalExecutor(["2", "5"], jobs=8, cores=16)
+    assert gpu.threads == 8 and len(gpu.free) == 2
+    futures = [gpu.submit(Task(n, n, ["-c", "pass"], uses_gpu=True), "/dev/null", 1) for n in "ab"]
+    assert not gpu.has_capacity()
+    gpu.release(futures[0])
+    assert gpu.has_capacity()
+    gpu.close()
+    cpu = LocalExecutor([], jobs=3, cores=2)
+    assert cpu.threads == 1 and len(cpu.free) == 3
+    cpu.close()
+    env = placement_env(4, "5")
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["OMP_NUM_THREADS"] == "4"
+    assert placement_env(1, None)["CUDA_VISIBLE_DEVICES"] == ""  # CPU tasks see no GPU
+
+
+@pytest.mark.parametrize("uses_gpu, expected", [(True, "1"), (False, "")])
+def test_each_task_sees_only_its_gpu(tmp_path, uses_gpu, expected):
+    show = (
+        "import os; print('CUDA=' + repr(os.environ['CUDA_VISIBLE_DEVICES']), 'OMP=' + os.environ['OMP_NUM_THREADS'])"
+    )
+    executor = LocalExecutor(["1"], jobs=1, cores=4)
+    try:
+        report = execute([Task("t", "t", ["-c", show], uses_gpu=uses_gpu)], executor, tmp_path, "toy")
+    finally:
+        executor.close()
+    assert report.ok
+    assert f"CUDA={expected!r} OMP=4" in (tmp_path / "t.log").read_text()

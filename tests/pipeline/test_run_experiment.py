@@ -1,0 +1,164 @@
+"""run_experiment.py end to end on a tiny real experiment: the local backend with --jobs 2 gives exactly what the
+steps give when run by hand in sequence; reruns do nothing; Ray gives the same; Slurm scripts run the same steps.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bayestda.cli import run
+from bayestda.paths import REPO_ROOT, score_file
+from bayestda.pipeline.cli import main
+from bayestda.pipeline.execute import available_cores
+
+N = "10"
+SEED_IDS = ["0", "1"]
+METHODS = ["gd", "loo-scratch"]
+TINY = ["--task", "mnist3", "--num_per_class", N, "--seeds", *SEED_IDS, "--epochs", "2", "--methods", ",".join(METHODS)]
+# Both runs use the same threads per process: float sums, and so the last bits of trained weights, depend on it.
+THREADS = str(max(1, available_cores() // 2))
+
+
+def sh(args: list[str], data_root: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BAYESTDA_DATA_ROOT": str(data_root), "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return proc
+
+
+def experiment(out: Path, data_root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return sh(["run_experiment.py", *TINY, "--out_root", str(out), *extra], data_root)
+
+
+@pytest.fixture(scope="module")
+def by_runner(tmp_path_factory, data_root) -> Path:
+    out = tmp_path_factory.mktemp("runner")
+    proc = experiment(out, data_root, "--jobs", "2", "--gpus", "none")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "8 task(s) finished" in proc.stdout and "0 failed" in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def by_hand(tmp_path_factory, data_root) -> Path:
+    """The README's steps, one after another, in one process each."""
+    out = str(tmp_path_factory.mktemp("by_hand"))
+    env = {"OMP_NUM_THREADS": THREADS, "CUDA_VISIBLE_DEVICES": ""}
+    flags = ["--task", "mnist3", "--num_per_class", N, "--out_root", out]
+    steps = [["train_cnn.py", *flags, "--epochs", "2", "--seed_id", k] for k in SEED_IDS]
+    for k in SEED_IDS:
+        steps += [
+            ["tda_cnn_scripts/gd.py", *flags, "--seed_id", k],
+            ["tda_cnn_scripts/loo.py", *flags, "--protocol", "scratch", "--seed_id", k],
+        ]
+    stats = ["--model", "cnn", *flags, "--methods", ",".join(METHODS), "--seeds", *SEED_IDS]
+    steps += [["compute_pvalues.py", *stats], ["compute_correlations.py", *stats]]
+    for step in steps:
+        proc = sh(step, data_root, env)
+        assert proc.returncode == 0, f"{step}: {proc.stderr}"
+    return Path(out)
+
+
+def assert_same_outputs(a: Path, b: Path):
+    for method in METHODS:
+        for seed in map(int, SEED_IDS):
+            x = torch.load(score_file(a, "cnn", method, "mnist3", 10, seed), weights_only=False)
+            y = torch.load(score_file(b, "cnn", method, "mnist3", 10, seed), weights_only=False)
+            assert torch.equal(x["scores"], y["scores"]), (method, seed)
+            assert torch.equal(x["train_idx"], y["train_idx"]) and x["ckpt_epochs"] == y["ckpt_epochs"]
+    results = Path("results") / "cnn_mnist3_10pc"
+    tables = [
+        "mean_p_values.csv",
+        "summary.csv",
+        "correlations/pearson_mu_raw.csv",
+        "correlations/spearman_p_aligned.csv",
+    ]
+    for name in tables + [f"pvalues/{m}_k2_t.csv" for m in METHODS]:
+        assert filecmp.cmp(a / results / name, b / results / name, shallow=False), name
+
+
+def test_local_backend_equals_the_steps_by_hand(by_runner, by_hand):
+    assert_same_outputs(by_runner, by_hand)
+    logs = by_runner / "logs" / "cnn_mnist3_10pc"
+    assert {p.name for p in logs.glob("*.log")} == {
+        *(f"{stage}_seed{k}.log" for stage in ["train", *METHODS] for k in SEED_IDS),
+        "pvalues.log",
+        "correlations.log",
+    }
+    assert "=== exit status 0" in (logs / "loo-scratch_seed1.log").read_text()
+
+
+def test_rerun_and_dry_run_find_nothing_to_do(by_runner, data_root):
+    proc = experiment(by_runner, data_root, "--dry_run")
+    assert proc.returncode == 0 and "0 task(s) to run, 9 already done" in proc.stdout
+    proc = experiment(by_runner, data_root)
+    assert proc.returncode == 0 and "every task is already done" in proc.stdout
+
+
+def test_dry_run_lists_only_what_is_missing_and_slurm_scripts_rerun_it(by_runner, by_hand, data_root, tmp_path):
+    """Delete one score file: only it and the statistics are listed, and the Slurm array script recreates it."""
+    out = tmp_path / "partial"
+    out.mkdir()
+    (out / "models").symlink_to(by_runner / "models", target_is_directory=True)
+    lost = score_file(out, "cnn", "gd", "mnist3", 10, 1)
+    for method in METHODS:
+        for k in map(int, SEED_IDS):
+            path = score_file(out, "cnn", method, "mnist3", 10, k)
+            if path != lost:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(score_file(by_runner, "cnn", method, "mnist3", 10, k).read_bytes())
+    proc = experiment(out, data_root, "--dry_run", "--backend", "slurm", "--slurm_cpus", THREADS, "--slurm_gpus", "0")
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.split()[0] for line in proc.stdout.splitlines()[1:] if line.startswith("  ")]
+    assert listed == ["gd_seed1", "pvalues", "correlations"]
+
+    scripts = out / "logs" / "cnn_mnist3_10pc" / "slurm"
+    assert sorted(p.name for p in scripts.iterdir()) == [
+        "01_gd.sbatch", "02_pvalues.sbatch", "03_correlations.sbatch", "submit.sh",
+    ]  # fmt: skip
+    gd = (scripts / "01_gd.sbatch").read_text()
+    assert "#SBATCH --array=1\n" in gd and "--gres" not in gd and "afterok" not in gd
+    submit = (scripts / "submit.sh").read_text()
+    assert "--dependency=afterok:$jid_gd 02_pvalues.sbatch" in submit
+    # Run the array element for seed_id 1 as Slurm would (bash, with the array index set).
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "BAYESTDA_DATA_ROOT": str(data_root)}
+    proc = subprocess.run(["bash", str(scripts / "01_gd.sbatch")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, (out / "logs" / "cnn_mnist3_10pc" / "gd_seed1.log").read_text()
+    recreated = torch.load(lost, weights_only=False)["scores"]
+    assert torch.equal(recreated, torch.load(score_file(by_hand, "cnn", "gd", "mnist3", 10, 1))["scores"])
+
+
+def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
+    pytest.importorskip("ray", reason="ray is optional (req-scale.txt); CI installs it")
+    out = tmp_path / "ray"
+    proc = experiment(out, data_root, "--backend", "ray", "--jobs", "2", "--methods", "gd")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ray: " in proc.stdout and "6 task(s) finished" in proc.stdout
+    for seed in map(int, SEED_IDS):
+        x = torch.load(score_file(out, "cnn", "gd", "mnist3", 10, seed), weights_only=False)["scores"]
+        assert torch.equal(x, torch.load(score_file(by_runner, "cnn", "gd", "mnist3", 10, seed))["scores"])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seeds", "12"], "--seeds [12] out of range"),
+        (["--methods", "gd,tracin"], "unknown method 'tracin'"),
+        (["--model", "vit"], "not implemented yet"),
+        (["--gpus", "a,b"], "give GPU ids"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys, extra, message):
+    argv = ["run_experiment.py", *TINY, "--out_root", str(tmp_path), *extra]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda: main("doc"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
