@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -42,6 +43,11 @@ def add_common_args(p: argparse.ArgumentParser, *, num_per_class: bool = True, s
     )
     p.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/; default: the repository")
     p.add_argument("--overwrite", action="store_true", help="redo work whose outputs already exist")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: the default for worker processes and parallel jobs."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def resolve_device(name: str) -> torch.device:

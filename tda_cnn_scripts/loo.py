@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the package is beside this folder
 
-from bayestda.cli import run
+from bayestda.cli import available_cores, run
 from bayestda.methods.cli import tda_main
-from bayestda.methods.loo import PROTOCOLS, default_workers
+from bayestda.methods.loo import PROTOCOLS
 
 
 def options(p):
@@ -22,7 +22,7 @@ def options(p):
     p.add_argument(
         "--workers",
         type=int,
-        default=default_workers(),
+        default=available_cores(),
         help="processes, one thread each (results do not depend on it)",
     )
 

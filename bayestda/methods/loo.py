@@ -16,7 +16,6 @@ do not depend on `workers`: CPU kernels give slightly different bits for differe
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -129,10 +128,6 @@ def run_retrains(ctx: RetrainContext, jobs: list[Retrain], workers: int, desc: s
             bar.update()
     bar.close()
     return out
-
-
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def loo_scores(protocol: str, ctx: RetrainContext, base_losses: torch.Tensor, workers: int):

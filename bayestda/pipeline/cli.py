@@ -5,12 +5,12 @@ from __future__ import annotations
 import shlex
 import sys
 
-from ..cli import Parser
+from ..cli import Parser, available_cores
 from ..data import TASKS
 from ..errors import UserError
 from ..paths import DATA_ROOT_ENV, read_seeds, resolve_out_root
 from . import slurm
-from .execute import LocalExecutor, RayExecutor, available_cores, execute, write_report
+from .execute import LocalExecutor, RayExecutor, execute, write_report
 from .graph import DEFAULT_METHODS, ExperimentSpec, build_graph, pending, resolve_methods
 
 

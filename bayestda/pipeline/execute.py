@@ -17,16 +17,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..cli import available_cores
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..paths import REPO_ROOT
 from .graph import Task, pending
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def placement_env(threads: int, gpu: str | None) -> dict[str, str]:
@@ -208,17 +205,14 @@ def execute(
     def log_of(task: Task) -> Path:
         return log_dir / f"{task.name}.log"
 
-    def blocked(task: Task) -> bool:
-        return any(d in report.failed or (d in blocked_names) for d in task.deps)
-
-    blocked_names: set[str] = set()
+    lost: set[str] = set()  # failed tasks, and the tasks that need them
     try:
         while True:
             for name, task in list(todo.items()):
                 if stopping or not executor.has_capacity():
                     break
-                if blocked(task):
-                    blocked_names.add(name)
+                if any(d in lost for d in task.deps):
+                    lost.add(name)
                     continue
                 if all(d in finished for d in task.deps):
                     log_of(task).unlink(missing_ok=True)  # one log per task: this run's attempts only
@@ -246,6 +240,7 @@ def execute(
                     tqdm.write(f"{task.name} failed (exit status {rc}); retrying, log: {log_of(task)}")
                     running[executor.submit(task, log_of(task), attempt + 1)] = (task, attempt + 1)
                 else:
+                    lost.add(task.name)
                     report.failed[task.name] = {
                         "exit_status": rc, "log": str(log_of(task)), "tail": _log_tail(log_of(task)),
                     }  # fmt: skip

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bayestda.cli import run
+from bayestda.cli import available_cores, run
 from bayestda.paths import REPO_ROOT, score_file
 from bayestda.pipeline.cli import main
-from bayestda.pipeline.execute import available_cores
 
 N = "10"
 SEED_IDS = ["0", "1"]
