@@ -4,9 +4,8 @@
 Writes models/<model>/<task>_<n>pc/<seed>/ckpt_epoch_<e>.pt and metrics.json; finished seeds are skipped.
 """
 
-from bayestda.cli import Parser, add_common_args, resolve_device, run
-from bayestda.ensemble import EnsembleSpec, train_ensemble
-from bayestda.paths import resolve_data_root, resolve_out_root, select_seeds
+from bayestda.cli import Parser, add_common_args, run
+from bayestda.ensemble import EnsembleSpec, train_main
 from bayestda.posterior import POSTERIOR_MODES
 
 
@@ -24,22 +23,7 @@ def main():
     )
     p.add_argument("--epochs", type=int, default=None, help="epoch budget; default 15 (mnist3) or 30 (cifar10)")
     args = p.parse_args()
-    if args.epochs is not None and args.epochs < 1:
-        p.error("--epochs must be at least 1")
-
-    spec = EnsembleSpec(args.task, args.num_per_class, args.arch, args.posterior, args.epochs)
-    out_root = resolve_out_root(args.out_root)
-    results = train_ensemble(
-        spec,
-        select_seeds(args.seed_id),
-        resolve_data_root(args.data_root),
-        out_root,
-        resolve_device(args.device),
-        overwrite=args.overwrite,
-    )
-    for seed, metrics in results.items():
-        status = "already trained, skipped" if metrics is None else f"test acc {metrics['final_test_acc']:.2f}%"
-        print(f"{spec.model} {args.task} {args.num_per_class}pc seed {seed}: {status}")
+    train_main(p, args, EnsembleSpec(args.task, args.num_per_class, args.arch, args.posterior, args.epochs))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import families
 from .errors import UserError
 from .io import atomic_torch_save
-from .models import build_model
 from .paths import checkpoint_file, last_epochs, metrics_file
 
 FORMAT = "bayestda-checkpoint-v1"
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict) -> None:
-    """Atomically write weights, optimizer state (to continue training exactly) and config."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """Atomically write weights (all of a CNN's; a ViT's trainable ones), optimizer state (to continue
+    training exactly) and config."""
+    state = families.model_state(model)
     atomic_torch_save(
         {"format": FORMAT, "config": config, "state_dict": state, "optimizer_state": optimizer.state_dict()}, path
     )
@@ -30,7 +31,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def read_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; train it first (python train_cnn.py --help)")
+        raise UserError(
+            f"checkpoint {path} does not exist; train it first (python train_cnn.py --help, finetune_vit.py --help)"
+        )
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a bayestda checkpoint (expected format {FORMAT!r})")
@@ -40,10 +43,7 @@ def read_checkpoint(path: Path) -> dict:
 def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     """The model of a checkpoint, in eval mode on CPU, and the config it was trained with."""
     ckpt = read_checkpoint(path)
-    config = ckpt["config"]
-    model = build_model(config["arch"], config["task"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), config
+    return families.from_state(ckpt["config"], ckpt["state_dict"], str(path)), ckpt["config"]
 
 
 def read_metrics(seed_dir: Path) -> dict | None:

@@ -137,13 +137,16 @@ def load_split(task: str, train: bool, data_root: Path) -> tuple[np.ndarray, np.
     return loader(Path(data_root), train)
 
 
-def preprocess(task: str, images: np.ndarray) -> torch.Tensor:
-    """The paper's transforms, applied to a batch: equal bit for bit to torchvision's ToTensor (+ Normalize)."""
+def preprocess(task: str, images: np.ndarray, pixels: bool = False) -> torch.Tensor:
+    """The paper's CNN transforms, applied to a batch: equal bit for bit to torchvision's ToTensor (+ Normalize).
+
+    `pixels=True` stops at ToTensor ([0, 1] pixels), for models that normalise inputs themselves (the ViT).
+    """
     x = torch.from_numpy(np.ascontiguousarray(images))
     if get_task(task).dataset == "mnist":
         return x.unsqueeze(1).float().div(255)
     x = x.permute(0, 3, 1, 2).float().div(255)
-    return x.sub(0.5).div(0.5)
+    return x if pixels else x.sub(0.5).div(0.5)
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -230,13 +233,16 @@ class Subset:
         return Subset(self.x.to(device), self.y.to(device), self.idx)
 
 
-def load_subset(task: str, split: str, num_per_class: int | None, data_root: Path, out_root: Path) -> Subset:
-    """Tensors for the train subset (n per class) or the test subset of a task."""
+def load_subset(
+    task: str, split: str, num_per_class: int | None, data_root: Path, out_root: Path, pixels: bool = False
+) -> Subset:
+    """Tensors for the train subset (n per class) or the test subset of a task (`pixels`: see `preprocess`)."""
     idx = subset_indices(task, split, num_per_class, out_root)
     images, labels = load_split(task, split == "train", Path(data_root))
     if idx.max(initial=-1) >= len(labels):
         raise UserError(f"{task} {split} subset has index {idx.max()} but the split has {len(labels)} images")
-    return Subset(preprocess(task, images[idx]), torch.from_numpy(labels[idx].astype(np.int64)), torch.from_numpy(idx))
+    labels = torch.from_numpy(labels[idx].astype(np.int64))
+    return Subset(preprocess(task, images[idx], pixels), labels, torch.from_numpy(idx))
 
 
 def write_subsets(task: str, data_root: Path, out_root: Path, sizes=SUBSET_SIZES, overwrite: bool = False) -> list[str]:

@@ -1,23 +1,34 @@
-"""Step 1a: train the seed-indexed CNN ensemble whose last-5-epoch checkpoints are posterior samples."""
+"""Steps 1a/1b: train the seed-indexed ensemble (CNN, or ViT + LoRA) whose last-5-epoch checkpoints are posterior samples."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, families
 from .checkpoints import save_checkpoint, seed_is_complete
+from .cli import resolve_device
 from .data import Subset, get_task, load_subset
 from .io import atomic_write_json, remove_stale_temp_files
 from .models import ARCHS
-from .paths import checkpoint_file, last_epochs, metrics_file, seed_model_dir
+from .paths import (
+    checkpoint_file,
+    last_epochs,
+    metrics_file,
+    resolve_data_root,
+    resolve_out_root,
+    seed_model_dir,
+    select_seeds,
+)
 from .posterior import model_name, parse_model_name, posterior_seeds
-from .training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
+from .training import TrainConfig, batch_orders, evaluate, make_optimizer, train
+from .vit import DEFAULT_VIT, LoraSpec, vit_run_config
 
 
 @dataclass(frozen=True)
@@ -26,13 +37,20 @@ class EnsembleSpec:
 
     task: str
     num_per_class: int
-    arch: str = "cnn2"
+    arch: str = "cnn2"  # cnn2, cnn3 or vit
     posterior: str = "de"
     epochs: int | None = None  # None: the paper's budget for the task
+    model_name_or_path: str = DEFAULT_VIT  # vit: the backbone, a hub id or a local save_pretrained folder
+    lora: LoraSpec = field(default_factory=LoraSpec)  # vit
+    precision: str = "fp32"  # vit: autocast dtype of the training forward pass on GPU
+
+    @property
+    def family(self) -> str:
+        return "vit" if self.arch == "vit" else "cnn"
 
     @property
     def model(self) -> str:
-        return model_name(ARCHS[self.arch], self.posterior)
+        return model_name("vit" if self.family == "vit" else ARCHS[self.arch], self.posterior)
 
     @property
     def train_config(self) -> TrainConfig:
@@ -43,11 +61,18 @@ def indices_digest(idx: torch.Tensor) -> str:
     return hashlib.sha1(idx.numpy().tobytes()).hexdigest()[:16]
 
 
+@cache
+def _family_config(spec: EnsembleSpec) -> dict:
+    if spec.family == "vit":
+        return vit_run_config(spec.model_name_or_path, spec.lora, spec.precision)
+    return {}
+
+
 def run_config(spec: EnsembleSpec, seed: int, train_data: Subset) -> dict:
     """Everything that shaped a seed's weights; stored in each checkpoint and in metrics.json."""
     init_seed, batch_seed = posterior_seeds(spec.posterior, seed)
     return {
-        "family": "cnn",
+        "family": spec.family,
         "model": spec.model,
         "arch": spec.arch,
         "task": spec.task,
@@ -59,6 +84,7 @@ def run_config(spec: EnsembleSpec, seed: int, train_data: Subset) -> dict:
         "n_train": len(train_data),
         "train_idx_sha1": indices_digest(train_data.idx),
         **spec.train_config.as_dict(),
+        **_family_config(spec),
     }
 
 
@@ -68,7 +94,7 @@ def train_seed(spec: EnsembleSpec, seed: int, train_data: Subset, test_data: Sub
     cfg = spec.train_config
     remove_stale_temp_files(seed_dir)
     metrics_file(seed_dir).unlink(missing_ok=True)  # a rerun with --overwrite is unfinished until the end
-    model = init_model(spec.arch, spec.task, config["init_seed"]).to(device)
+    model = families.init(config).to(device)
     optimizer = make_optimizer(model, cfg)
     orders = batch_orders(len(train_data), cfg.epochs, config["batch_seed"])
     keep = set(last_epochs(cfg.epochs))
@@ -84,7 +110,8 @@ def train_seed(spec: EnsembleSpec, seed: int, train_data: Subset, test_data: Sub
 
     start = time.perf_counter()
     bar = lambda it: tqdm(it, desc=f"seed {seed}", unit="epoch", leave=False)  # noqa: E731
-    train(model, optimizer, train_data, orders, cfg, on_epoch_end=on_epoch_end, progress=bar)
+    extras = families.train_extras(config)
+    train(model, optimizer, train_data, orders, cfg, extras=extras, on_epoch_end=on_epoch_end, progress=bar)
     metrics = {
         "config": config,
         "epochs": history,
@@ -101,8 +128,9 @@ def train_ensemble(
     spec: EnsembleSpec, seeds: list[int], data_root: Path, out_root: Path, device, overwrite: bool = False
 ):
     """Train every seed that is not already finished; returns {seed: metrics or None if skipped}."""
-    train_data = load_subset(spec.task, "train", spec.num_per_class, data_root, out_root)
-    test_data = load_subset(spec.task, "test", None, data_root, out_root).to(device)
+    pixels = spec.family == "vit"
+    train_data = load_subset(spec.task, "train", spec.num_per_class, data_root, out_root, pixels)
+    test_data = load_subset(spec.task, "test", None, data_root, out_root, pixels).to(device)
     seed_dirs = {seed: seed_model_dir(out_root, spec.model, spec.task, spec.num_per_class, seed) for seed in seeds}
     # Plan first, so a conflicting earlier run is reported before any work starts.
     done = {s for s, d in seed_dirs.items() if not overwrite and seed_is_complete(d, run_config(spec, s, train_data))}
@@ -116,8 +144,10 @@ def train_ensemble(
 
 
 def train_argv(model: str, task: str, num_per_class: int) -> list[str]:
-    """The step-1a script and flags that train the seeds of a model name such as `cnn3-deinit`."""
+    """The step-1 script and flags that train the seeds of a model name such as `cnn3-deinit` or `vit`."""
     base, posterior = parse_model_name(model)
+    if base == "vit":
+        return ["finetune_vit.py", "--task", task, "--num_per_class", str(num_per_class), "--posterior", posterior]
     arch = {name: arch for arch, name in ARCHS.items()}[base]
     flags = ["--task", task, "--num_per_class", str(num_per_class), "--arch", arch, "--posterior", posterior]
     return ["train_cnn.py", *flags]
@@ -125,3 +155,20 @@ def train_argv(model: str, task: str, num_per_class: int) -> list[str]:
 
 def train_command(model: str, task: str, num_per_class: int) -> str:
     return " ".join(["python", *train_argv(model, task, num_per_class)])
+
+
+def train_main(p, args, spec: EnsembleSpec) -> None:
+    """What train_cnn.py and finetune_vit.py do once their flags are parsed: train the missing seeds, report."""
+    if spec.epochs is not None and spec.epochs < 1:
+        p.error("--epochs must be at least 1")
+    results = train_ensemble(
+        spec,
+        select_seeds(args.seed_id),
+        resolve_data_root(args.data_root),
+        resolve_out_root(args.out_root),
+        resolve_device(args.device),
+        overwrite=args.overwrite,
+    )
+    for seed, metrics in results.items():
+        status = "already trained, skipped" if metrics is None else f"test acc {metrics['final_test_acc']:.2f}%"
+        print(f"{spec.model} {spec.task} {spec.num_per_class}pc seed {seed}: {status}")

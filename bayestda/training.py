@@ -1,7 +1,10 @@
 """The one training loop (shared by training, LOO retraining and ATS) and its seeded randomness.
 
 Two independent random streams make a run: the initialisation and the batch order. Each is derived
-from its own seed (see `posterior.py`), so they can be varied apart. On CPU a run is bit-reproducible.
+from its own seed (see `posterior.py`), so they can be varied apart. Training-time randomness beyond
+the batch order (the ViT's crops and dropout) is drawn from the batch seed too, per (epoch, sample)
+for the crops, so a leave-one-out retrain sees exactly the crops of the full run. On CPU a run is
+bit-reproducible.
 """
 
 from __future__ import annotations
@@ -42,11 +45,16 @@ def stream_seed(seed: int, stream: str) -> int:
     return int(state[0] >> np.uint64(1))
 
 
-def init_model(arch: str, task: str, init_seed: int) -> nn.Module:
-    """The model's initial weights, a function of `init_seed` only (torch's global RNG is left untouched)."""
+def seeded_init(init_seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` with its random initialisation drawn from `init_seed` only (torch's global RNG is left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(init_seed, "init"))
-        return build_model(arch, task)
+        return build()
+
+
+def init_model(arch: str, task: str, init_seed: int) -> nn.Module:
+    """A CNN's initial weights, a function of `init_seed` only."""
+    return seeded_init(init_seed, lambda: build_model(arch, task))
 
 
 def batch_orders(n_train: int, epochs: int, batch_seed: int) -> torch.Tensor:
@@ -56,11 +64,12 @@ def batch_orders(n_train: int, epochs: int, batch_seed: int) -> torch.Tensor:
 
 
 def fast_layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Put image batches (and the model) in channels-last layout, the faster one for these CNNs on CPU.
+    """Put image batches (and the model) in channels-last layout, for models that ask for it
+    (`model.channels_last`: the CNNs, where it is the faster layout on CPU).
 
     Only memory layout changes, not the model's function; the model is converted in place.
     """
-    if x.dim() != 4:
+    if x.dim() != 4 or not getattr(model, "channels_last", False):
         return x
     model.to(memory_format=torch.channels_last)
     return x.contiguous(memory_format=torch.channels_last)
@@ -79,6 +88,34 @@ def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch
 
 
 EpochHook = Callable[[int, nn.Module, torch.optim.Optimizer, float], None]
+Augment = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (x_batch, epoch, positions) -> x_batch
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TrainExtras:
+    """What a model family adds to the shared recipe; the defaults are the CNNs' plain loop.
+
+    - `augment(x_batch, epoch, positions)` transforms each training batch (the ViT's random crops);
+      it must be a function of (epoch, position) only, so that retrains reproduce it.
+    - `linear_decay`: the learning rate falls linearly from lr to 0 over the run, stepped per batch
+      (transformers' linear schedule without warm-up). Each retrain restarts it, as it restarts Adam.
+    - `rng_seed`: seeds torch's global RNG for the run (dropout), inside a fork so callers are unaffected.
+    - `precision`: autocast dtype for the forward pass on GPU ("bf16", "fp16" with loss scaling, "fp32").
+    """
+
+    augment: Augment | None = None
+    linear_decay: bool = False
+    rng_seed: int | None = None
+    precision: str = "fp32"
+
+
+def _lr_factors(n_train: int, cfg: TrainConfig) -> Callable[[int, int], float]:
+    """(epoch, batch) -> lr multiplier of the linear schedule: 1 at the first step, 1/T at the last."""
+    per_epoch = -(-n_train // cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    return lambda epoch, b: (total - ((epoch - 1) * per_epoch + b)) / total
 
 
 def train(
@@ -91,6 +128,7 @@ def train(
     start_epoch: int = 0,
     sample_weight: torch.Tensor | None = None,
     exclude: int | None = None,
+    extras: TrainExtras = TrainExtras(),
     on_epoch_end: EpochHook | None = None,
     progress: Callable | None = None,
 ) -> list[float]:
@@ -98,30 +136,47 @@ def train(
 
     `sample_weight` (one weight per position in `data`) reweights per-sample losses: a zero drops a
     sample's loss but keeps its slot in the batch mean (the paper's LOO). `exclude` removes position
-    `exclude` from its batches altogether (a true leave-one-out). `on_epoch_end(epoch, model, optimizer, train_loss)` sees every finished epoch
-    (1-based). Returns the mean batch loss of each epoch trained.
+    `exclude` from its batches altogether (a true leave-one-out). `extras` holds a family's additions
+    (augmentation, lr schedule, dropout seed, autocast). `on_epoch_end(epoch, model, optimizer,
+    train_loss)` sees every finished epoch (1-based). Returns the mean batch loss of each epoch trained.
     """
     device = next(model.parameters()).device
     x, y = fast_layout(model, data.x.to(device)), data.y.to(device)
     weight = sample_weight.to(device) if sample_weight is not None else None
+    lr_factor = _lr_factors(len(data), cfg) if extras.linear_decay else None
+    autocast_dtype = PRECISIONS[extras.precision] if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     epochs = range(start_epoch + 1, len(orders) + 1)
     train_losses = []
-    for epoch in progress(epochs) if progress else epochs:
-        model.train()
-        running = []
-        for batch in orders[epoch - 1].to(device).split(cfg.batch_size):
-            if exclude is not None:
-                batch = batch[batch != exclude]
-                if len(batch) == 0:
-                    continue
-            optimizer.zero_grad(set_to_none=True)
-            loss = batch_loss(model, x[batch], y[batch], None if weight is None else weight[batch])
-            loss.backward()
-            optimizer.step()
-            running.append(loss.detach())
-        train_losses.append(torch.stack(running).mean().item())
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model, optimizer, train_losses[-1])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=extras.rng_seed is not None):
+        if extras.rng_seed is not None:
+            torch.manual_seed(extras.rng_seed)
+        for epoch in progress(epochs) if progress else epochs:
+            model.train()
+            running = []
+            for b, batch in enumerate(orders[epoch - 1].to(device).split(cfg.batch_size)):
+                if lr_factor is not None:
+                    for group in optimizer.param_groups:
+                        group["lr"] = cfg.lr * lr_factor(epoch, b)
+                if exclude is not None:
+                    batch = batch[batch != exclude]
+                    if len(batch) == 0:
+                        continue
+                xb = x[batch] if extras.augment is None else extras.augment(x[batch], epoch, batch)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = batch_loss(model, xb, y[batch], None if weight is None else weight[batch])
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                running.append(loss.detach().float())
+            train_losses.append(torch.stack(running).mean().item())
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model, optimizer, train_losses[-1])
     return train_losses
 
 

@@ -5,10 +5,17 @@ directory holding `config.json`), then wraps it with LoRA on the attention query
 a trained classifier. `ViTClassifier` exposes it as a plain `forward(pixels) -> logits` module, so the one
 training loop and every TDA method treat it like the CNNs; only its trainable parameters (LoRA and the
 classifier) are trained, scored and saved.
+
+Inputs are the task's images as [0, 1] pixels (MNIST: 1 channel, 28×28). The classifier makes them RGB,
+resizes them to the backbone's size and normalises them with its processor's mean and std, so every
+method sees the same deterministic preprocessing. Training instead feeds RandomResizedCrop crops
+(`train_extras`), drawn per (epoch, sample) from the run's batch seed.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import UserError
+from .training import TrainExtras, stream_seed
 
 DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
 
@@ -39,14 +47,15 @@ _RENAMED = {"query": "q_proj", "value": "v_proj"}
 
 
 class ViTClassifier(nn.Module):
-    """A peft-wrapped HF image classifier seen as `forward(pixel_values) -> logits`."""
+    """A peft-wrapped HF image classifier seen as `forward(pixels in [0, 1]) -> logits`."""
 
-    def __init__(self, peft_model: nn.Module):
+    def __init__(self, peft_model: nn.Module, image: ImageSpec):
         super().__init__()
         self.net = peft_model
+        self.image = image
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(pixel_values=x).logits
+        return self.net(pixel_values=self.image.normalise(self.image.resize(x))).logits
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Exactly the trained tensors (LoRA and classifier): what a checkpoint holds."""
@@ -84,10 +93,11 @@ def _target_modules(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
     return resolved
 
 
-def build_vit(name_or_path: str, num_labels: int, lora: LoraSpec) -> ViTClassifier:
+def build_vit(name_or_path: str, num_labels: int, lora: LoraSpec, image: ImageSpec | None = None) -> ViTClassifier:
     """The backbone from `name_or_path` with a new `num_labels` classifier, wrapped with LoRA.
 
-    The new classifier and LoRA's A matrices are initialised from torch's global RNG: seed it first.
+    `image` defaults to the model's image processor (`ImageSpec.from_pretrained`). The new classifier
+    and LoRA's A matrices are initialised from torch's global RNG: seed it first.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageClassification
@@ -97,8 +107,10 @@ def build_vit(name_or_path: str, num_labels: int, lora: LoraSpec) -> ViTClassifi
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the expected "classifier newly initialised" report is noise here
     try:
+        # Eager attention: torch's fused SDPA kernels have no vmap batching rule and no forward-mode AD,
+        # which the per-sample gradients and Hessian-vector products of the TDA methods need.
         base = AutoModelForImageClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True
+            name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, attn_implementation="eager"
         )
     except OSError as exc:
         raise UserError(f"cannot load a model from {name_or_path!r}: {str(exc).splitlines()[0]}") from None
@@ -112,7 +124,7 @@ def build_vit(name_or_path: str, num_labels: int, lora: LoraSpec) -> ViTClassifi
         bias="none",
         modules_to_save=["classifier"],
     )
-    return ViTClassifier(get_peft_model(base, config))
+    return ViTClassifier(get_peft_model(base, config), image or ImageSpec.from_pretrained(name_or_path))
 
 
 @dataclass(frozen=True)
@@ -125,36 +137,53 @@ class ImageSpec:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> ImageSpec:
-        from transformers import AutoImageProcessor
+        from transformers import AutoConfig, AutoImageProcessor
 
         _check_source(name_or_path)
         try:
             proc = AutoImageProcessor.from_pretrained(name_or_path)
-        except OSError as exc:
-            raise UserError(
-                f"cannot load the image processor of {name_or_path!r}: {str(exc).splitlines()[0]}"
-            ) from None
+        except OSError:
+            try:
+                size = AutoConfig.from_pretrained(name_or_path).image_size
+            except OSError as exc:
+                raise UserError(f"cannot load the config of {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+            print(f"warning: {name_or_path} has no image processor; using its image_size {size} "
+                  "and mean = std = 0.5 (as the in21k ViTs)", file=sys.stderr)  # fmt: skip
+            return cls(int(size), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         return cls(int(proc.size["height"]), tuple(proc.image_mean), tuple(proc.image_std))
 
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic preprocessing (the test set): to RGB, resize to size × size, normalise."""
-        return self._normalise(F.interpolate(_rgb(x), size=(self.size, self.size), mode="bilinear", antialias=True))
-
-    def random_resized_crop(self, x: torch.Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-        """Training augmentation as torchvision's RandomResizedCrop, one crop per image drawn from `gen`."""
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic preprocessing (every scored image): to RGB, bilinear resize to size × size."""
         x = _rgb(x)
+        if x.shape[-2:] == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """What the backbone sees for `x`: resized and normalised."""
+        return self.normalise(self.resize(x))
+
+    def random_resized_crop(
+        self, x: torch.Tensor, gen: torch.Generator | Sequence[torch.Generator], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+    ) -> torch.Tensor:
+        """Training augmentation as torchvision's RandomResizedCrop, resized to size × size (not normalised).
+
+        One crop per image, drawn from `gen` (one generator, or one per image).
+        """
+        x = _rgb(x)
+        gens = [gen] * len(x) if isinstance(gen, torch.Generator) else list(gen)
         h, w = x.shape[-2:]
         out = []
-        for img in x:
-            top, left, ch, cw = _crop_box(h, w, scale, ratio, gen)
+        for img, g in zip(x, gens, strict=True):
+            top, left, ch, cw = _crop_box(h, w, scale, ratio, g)
             crop = img[None, :, top : top + ch, left : left + cw]
             out.append(F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True))
-        return self._normalise(torch.cat(out))
+        return torch.cat(out)
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None, None]
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None, None]
         return (x - mean) / std
@@ -178,3 +207,45 @@ def _crop_box(h: int, w: int, scale, ratio, gen: torch.Generator) -> tuple[int, 
             return top, left, ch, cw
     side = min(h, w)  # fallback: the central square crop
     return (h - side) // 2, (w - side) // 2, side, side
+
+
+# ----------------------------------------------------------------------------- run configs
+
+
+def vit_run_config(name_or_path: str, lora: LoraSpec, precision: str, num_labels: int = 10) -> dict:
+    """The ViT-specific part of a run config (JSON-native, as metrics.json stores it)."""
+    image = ImageSpec.from_pretrained(name_or_path)
+    local = Path(name_or_path)
+    return {
+        "model_name_or_path": str(local.resolve()) if local.exists() else str(name_or_path),  # runnable from anywhere
+        "num_labels": num_labels,
+        "lora": {**lora.as_dict(), "targets": list(lora.targets)},
+        "image": {"size": image.size, "mean": list(image.mean), "std": list(image.std)},
+        "lr_schedule": "linear",
+        "augment": "random_resized_crop",
+        "precision": precision,
+    }
+
+
+def image_spec(config: dict) -> ImageSpec:
+    image = config["image"]
+    return ImageSpec(image["size"], tuple(image["mean"]), tuple(image["std"]))
+
+
+def vit_from_config(config: dict) -> ViTClassifier:
+    """The untrained classifier a run config describes (LoRA and classifier from torch's global RNG)."""
+    lora = LoraSpec(**{**config["lora"], "targets": tuple(config["lora"]["targets"])})
+    return build_vit(config["model_name_or_path"], config["num_labels"], lora, image_spec(config))
+
+
+def vit_train_extras(config: dict) -> TrainExtras:
+    """Crops per (epoch, sample) and dropout from the batch seed; linear lr decay; the run's autocast."""
+    image, seed = image_spec(config), config["batch_seed"]
+
+    def augment(x: torch.Tensor, epoch: int, positions: torch.Tensor) -> torch.Tensor:
+        gens = [torch.Generator().manual_seed(stream_seed(seed, f"crop/{epoch}/{p}")) for p in positions.tolist()]
+        return image.random_resized_crop(x, gens)
+
+    return TrainExtras(
+        augment=augment, linear_decay=True, rng_seed=stream_seed(seed, "dropout"), precision=config["precision"]
+    )

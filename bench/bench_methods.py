@@ -136,8 +136,8 @@ def bench_loo(seed_dir, train, test, retrains: int, workers: int):
     ckpt = read_checkpoint(checkpoint_file(seed_dir, 15))
     cfg = ckpt["config"]
     tc = TrainConfig(epochs=cfg["epochs"])
-    ctx = loo.RetrainContext(cfg["arch"], cfg["task"], train, test, tc, batch_orders(len(train), tc.epochs, cfg["batch_seed"]),
-                             cfg["init_seed"], [], eval_epochs=tuple(range(tc.epochs - 4, tc.epochs + 1)))  # fmt: skip
+    ctx = loo.RetrainContext(cfg, train, test, tc, batch_orders(len(train), tc.epochs, cfg["batch_seed"]),
+                             [], eval_epochs=tuple(range(tc.epochs - 4, tc.epochs + 1)))  # fmt: skip
     jobs = [loo.Retrain(None, zero_weight=False)] + [loo.Retrain(j, zero_weight=False) for j in range(len(train))]
     _, fast = timed(lambda: loo.run_retrains(ctx, jobs, workers, "LOO scratch"))
 

@@ -14,4 +14,4 @@ from bayestda.cli import run
 from bayestda.methods.cli import tda_main
 
 if __name__ == "__main__":
-    run(lambda: tda_main(__doc__, None, lambda args, p: ("ats", {})))
+    run(lambda: tda_main(__doc__, "ats", "cnn"))

@@ -12,26 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the package is beside this folder
 
-from bayestda.cli import available_cores, run
+from bayestda.cli import run
 from bayestda.methods.cli import tda_main
-from bayestda.methods.loo import PROTOCOLS
-
-
-def options(p):
-    p.add_argument("--protocol", default="paper", choices=PROTOCOLS, help="which retraining defines the ground truth")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=available_cores(),
-        help="processes, one thread each (results do not depend on it)",
-    )
-
-
-def method_and_options(args, p):
-    if args.workers < 1:
-        p.error("--workers must be at least 1")
-    return f"loo-{args.protocol}", {"workers": args.workers}
-
 
 if __name__ == "__main__":
-    run(lambda: tda_main(__doc__, options, method_and_options))
+    run(lambda: tda_main(__doc__, "loo", "cnn"))

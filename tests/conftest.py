@@ -38,7 +38,7 @@ def cifar_root(data_root) -> Path:
     return data_root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_script(data_root):
     """Run a top-level script in a subprocess, as a user would from a shell."""
 
@@ -54,3 +54,33 @@ def run_script(data_root):
         )
 
     return run
+
+
+def save_tiny_vit(path: Path, image_size: int, hidden: int, layers: int) -> Path:
+    """A randomly initialised ViT classifier plus its image processor, written as `save_pretrained` would:
+    the offline stand-in for google/vit-base-patch16-224-in21k (same code path, no download)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = ViTConfig(
+            image_size=image_size, patch_size=8, hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=2, intermediate_size=2 * hidden,
+        )  # fmt: skip
+        ViTForImageClassification(config).save_pretrained(path)
+    size = {"height": image_size, "width": image_size}
+    ViTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    """2 layers, hidden 32, 32×32 images: for fine-tuning and the scripts end to end."""
+    return save_tiny_vit(tmp_path_factory.mktemp("tiny_vit"), image_size=32, hidden=32, layers=2)
+
+
+@pytest.fixture(scope="session")
+def micro_vit_dir(tmp_path_factory) -> Path:
+    """1 layer, hidden 16, 16×16 images (5 tokens): small enough for explicit Hessians."""
+    return save_tiny_vit(tmp_path_factory.mktemp("micro_vit"), image_size=16, hidden=16, layers=1)

@@ -9,20 +9,6 @@ from bayestda.errors import UserError
 from bayestda.vit import ImageSpec, LoraSpec, build_vit
 
 
-@pytest.fixture(scope="module")
-def tiny_vit_dir(tmp_path_factory):
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    path = tmp_path_factory.mktemp("tiny_vit")
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    ViTForImageClassification(config).save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
-    return path
-
-
 def test_lora_wiring_trains_only_lora_and_the_classifier(tiny_vit_dir):
     torch.manual_seed(1)
     model = build_vit(str(tiny_vit_dir), num_labels=10, lora=LoraSpec())

@@ -1,23 +1,89 @@
-"""The command line shared by the step-2 scripts (tda_cnn_scripts/<method>.py)."""
+"""The command line shared by the step-2 scripts (tda_cnn_scripts/<method>.py and tda_vit_scripts/<method>.py).
+
+Each script is its docstring plus `tda_main(__doc__, <method>, <family>)`: the method's own flags live
+here once, so the CNN and ViT scripts cannot drift apart.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ..cli import Parser, add_common_args, resolve_device
+from ..cli import Parser, add_common_args, available_cores, resolve_device
 from ..paths import resolve_data_root, resolve_out_root, select_seeds
+from .influence import PAPER_LISSA
+from .loo import PROTOCOLS
 from .runner import run_method
 
+# FastIF's LiSSA batch size: 8 in the paper's CNN code, 32 in its ViT code.
+LISSA_BATCH = {"cnn": 8, "vit": 32}
+MODEL_HELP = {
+    "cnn": "trained model to score: cnn, cnn3, or with a posterior suffix (cnn-deinit, ...)",
+    "vit": "fine-tuned model to score: vit, or with a posterior suffix (vit-deinit, ...)",
+}
 
-def tda_main(doc: str, add_options: Callable | None, method_and_options: Callable) -> None:
+
+def _if_flags(p: Parser, family: str) -> None:
+    p.add_argument("--solver", default="paper", choices=["paper", "ggn", "cg"], help="how H^-1 is applied")
+    p.add_argument("--damping", type=float, default=0.01, help="lambda in (H + lambda I) for ggn and cg")
+    p.add_argument("--tol", type=float, default=1e-6, help="cg: relative residual to stop at")
+    p.add_argument("--max_iter", type=int, default=1000, help="cg: iteration limit")
+    p.add_argument(
+        "--lissa_batch_size", type=int, default=LISSA_BATCH[family], help="paper: LiSSA's batch size (as the original)"
+    )
+    p.add_argument(
+        "--dtype", default=None, choices=["float32", "float64"], help="default: float32 for paper, float64 otherwise"
+    )
+    p.add_argument(
+        "--no_diagnostics", action="store_true", help="paper: skip the fixed-point diagnostics (saves ~15%%)"
+    )
+
+
+def _if_method(args, p: Parser) -> tuple[str, dict]:
+    if args.damping <= 0:
+        p.error("--damping must be positive")
+    if args.lissa_batch_size < 1:
+        p.error("--lissa_batch_size must be at least 1")
+    dtype = args.dtype or ("float32" if args.solver == "paper" else "float64")
+    if args.solver == "paper":
+        lissa = {**PAPER_LISSA, "batch_size": args.lissa_batch_size}
+        return "if-paper", {"dtype": dtype, "diagnostics": not args.no_diagnostics, "lissa": lissa}
+    opts = {"dtype": dtype, "damping": args.damping}
+    if args.solver == "cg":
+        opts |= {"tol": args.tol, "max_iter": args.max_iter}
+    return f"if-{args.solver}", opts
+
+
+def _loo_flags(p: Parser, family: str) -> None:
+    p.add_argument("--protocol", default="paper", choices=PROTOCOLS, help="which retraining defines the ground truth")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=available_cores(),
+        help="processes, one thread each (results do not depend on it)",
+    )
+
+
+def _loo_method(args, p: Parser) -> tuple[str, dict]:
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    return f"loo-{args.protocol}", {"workers": args.workers}
+
+
+METHOD_FLAGS = {  # script name -> (add its flags, (args, parser) -> (method name, options))
+    "gd": (None, lambda args, p: ("gd", {})),
+    "gc": (None, lambda args, p: ("gc", {})),
+    "ats": (None, lambda args, p: ("ats", {})),
+    "if": (_if_flags, _if_method),
+    "loo": (_loo_flags, _loo_method),
+}
+
+
+def tda_main(doc: str, script: str, family: str = "cnn") -> None:
     """Parse the common flags plus a method's own, then score every requested seed."""
+    add_flags, method_and_options = METHOD_FLAGS[script]
     p = Parser(doc)
     add_common_args(p)
-    p.add_argument(
-        "--model", default="cnn", help="trained model to score: cnn, cnn3, or with a posterior suffix (cnn-deinit, ...)"
-    )
-    if add_options:
-        add_options(p)
+    p.add_argument("--model", default=family, help=MODEL_HELP[family])
+    if add_flags:
+        add_flags(p, family)
     args = p.parse_args()
     method, options = method_and_options(args, p)
     out_root = resolve_out_root(args.out_root)

@@ -23,9 +23,9 @@ from multiprocessing import get_context
 import torch
 from tqdm.auto import tqdm
 
+from .. import families
 from ..data import Subset
-from ..models import build_model
-from ..training import TrainConfig, evaluate, init_model, make_optimizer, train
+from ..training import TrainConfig, evaluate, make_optimizer, train
 
 PROTOCOLS = ("paper", "paired", "scratch")
 
@@ -34,13 +34,11 @@ PROTOCOLS = ("paper", "paired", "scratch")
 class RetrainContext:
     """What every retrain of one seed shares; sent once to each worker."""
 
-    arch: str
-    task: str
+    config: dict  # the seed's run config: the model family, its init seed and training extras
     train_data: Subset
     test_data: Subset
     cfg: TrainConfig
     orders: torch.Tensor  # [epochs, n] the seed's batch order
-    init_seed: int
     start_states: list[dict]  # continuation protocols: one state_dict per checkpoint
     eval_epochs: tuple[int, ...]  # epochs whose test losses a retrain returns
     device: str = "cpu"
@@ -58,10 +56,9 @@ class Retrain:
 def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
     """[len(eval_epochs), n_test] test losses of one retrain."""
     if job.start is None:
-        model = init_model(ctx.arch, ctx.task, ctx.init_seed)
+        model = families.init(ctx.config)
     else:
-        model = build_model(ctx.arch, ctx.task)
-        model.load_state_dict(ctx.start_states[job.start])
+        model = families.from_state(ctx.config, ctx.start_states[job.start])
     model = model.to(ctx.device)
     optimizer = make_optimizer(model, ctx.cfg)  # fresh Adam, as the original's LOO
     weight, exclude = None, None
@@ -84,6 +81,7 @@ def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
         ctx.cfg,
         sample_weight=weight,
         exclude=exclude,
+        extras=families.train_extras(ctx.config),
         on_epoch_end=record,
     )
     return torch.stack([losses[e] for e in ctx.eval_epochs])

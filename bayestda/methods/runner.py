@@ -13,13 +13,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .. import __version__, families
 from ..checkpoints import read_checkpoint, seed_checkpoints
 from ..data import Subset, load_subset
 from ..ensemble import indices_digest, train_command
 from ..errors import UserError
 from ..func import FunctionalModel
-from ..models import build_model
 from ..paths import score_file, seed_model_dir
 from ..scores import save_scores
 from ..training import TrainConfig, batch_orders, evaluate
@@ -46,9 +45,7 @@ class SeedSamples:
     def models(self, device=None, dtype=None):
         """The checkpoints as models in eval mode (a fresh copy each time)."""
         for ckpt in self.checkpoints:
-            model = build_model(ckpt["config"]["arch"], ckpt["config"]["task"])
-            model.load_state_dict(ckpt["state_dict"])
-            yield model.to(device=device, dtype=dtype).eval()
+            yield families.from_state(ckpt["config"], ckpt["state_dict"]).to(device=device, dtype=dtype).eval()
 
 
 def load_seed_samples(
@@ -59,7 +56,7 @@ def load_seed_samples(
         train_cmd = train_command(model, task, num_per_class)
     except (ValueError, KeyError):
         raise UserError(
-            f"unknown model name {model!r}: use cnn, cnn3, or with a posterior suffix, e.g. cnn-deinit"
+            f"unknown model name {model!r}: use cnn, cnn3, vit, or with a posterior suffix, e.g. cnn-deinit"
         ) from None
     paths = seed_checkpoints(seed_dir, train_cmd)
     checkpoints = [read_checkpoint(p) for p in paths]
@@ -68,11 +65,12 @@ def load_seed_samples(
         if (cfg["model"], cfg["task"], cfg["num_per_class"], cfg["seed"]) != (model, task, num_per_class, seed):
             raise UserError(f"{path} was trained as {cfg['model']} {cfg['task']} {cfg['num_per_class']}pc seed {cfg['seed']}, "
                             f"not {model} {task} {num_per_class}pc seed {seed}; retrain it with --overwrite")  # fmt: skip
-    train = load_subset(task, "train", num_per_class, data_root, out_root)
+    pixels = families.raw_pixels(checkpoints[0]["config"])
+    train = load_subset(task, "train", num_per_class, data_root, out_root, pixels)
     if indices_digest(train.idx) != checkpoints[0]["config"]["train_idx_sha1"]:
         raise UserError(f"the training subset data/{task}/train_subset_{num_per_class}pc.txt changed since {seed_dir} was trained; "
-                        "retrain with train_cnn.py --overwrite")  # fmt: skip
-    return SeedSamples(seed, checkpoints, train, load_subset(task, "test", None, data_root, out_root))
+                        f"retrain with: {train_cmd} --overwrite")  # fmt: skip
+    return SeedSamples(seed, checkpoints, train, load_subset(task, "test", None, data_root, out_root, pixels))
 
 
 def _on(subset: Subset, device, dtype) -> Subset:
@@ -96,7 +94,7 @@ def checkpoint_scorer(method: str, options: dict, cfg: dict):
     """The per-checkpoint scorer (FunctionalModel, train, test) -> ([n_train, n_test], diagnostics) of a method."""
 
     def if_paper(fm, tr, te):
-        p = influence.PAPER_LISSA
+        p = options.get("lissa", influence.PAPER_LISSA)
         scores, s_train, g_train = influence.if_paper(fm, tr, te, p["damping"], p["scale"], p["batch_size"])
         if not options.get("diagnostics", True):
             return scores, {}
@@ -125,9 +123,9 @@ def loo_seed_scores(protocol: str, samples: SeedSamples, workers: int, device) -
     cfg = samples.configs[0]
     scratch = protocol == "scratch"
     ctx = loo.RetrainContext(
-        arch=cfg["arch"], task=cfg["task"], train_data=samples.train, test_data=samples.test.to(device),
+        config=cfg, train_data=samples.train, test_data=samples.test.to(device),
         cfg=TrainConfig.from_config(cfg), orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]),
-        init_seed=cfg["init_seed"], start_states=[] if scratch else [c["state_dict"] for c in samples.checkpoints],
+        start_states=[] if scratch else [c["state_dict"] for c in samples.checkpoints],
         eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device),
     )  # fmt: skip
     base = torch.stack([evaluate(m, samples.test)[0] for m in samples.models(device)])

@@ -17,7 +17,11 @@ from .graph import DEFAULT_METHODS, ExperimentSpec, build_graph, pending, resolv
 def parser(doc: str) -> Parser:
     p = Parser(doc)
     g = p.add_argument_group("experiment")
-    g.add_argument("--model", default="cnn", help="cnn, cnn3 (3-layer), or with a posterior suffix: cnn-deinit, ...")
+    g.add_argument(
+        "--model",
+        default="cnn",
+        help="cnn, cnn3 (3-layer), vit (ViT + LoRA), or with a posterior suffix: cnn-deinit, ...",
+    )
     g.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
     g.add_argument("--num_per_class", type=int, required=True, help="training images per class (10..60)")
     g.add_argument(
@@ -32,6 +36,12 @@ def parser(doc: str) -> Parser:
         help="seed_ids (0-based lines of seeds.txt) to run; default: every seed",
     )  # fmt: skip
     g.add_argument("--epochs", type=int, default=None, help="training epochs; default 15 (mnist3) or 30 (cifar10)")
+    g.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="vit: the pretrained backbone (hub id or local folder); default in21k",
+    )
+    g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="vit: training autocast on GPU")
     g.add_argument("--data_root", default=None, help=f"dataset folder; default ${DATA_ROOT_ENV}, else ./data")
     g.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/, logs/; default: the repo")
     g.add_argument("--overwrite", action="store_true", help="redo every task, even those whose outputs exist")
@@ -82,13 +92,17 @@ def spec_from_args(p: Parser, args) -> ExperimentSpec:
         p.error(f"--seeds {bad} out of range: seeds.txt has {n_seeds} seeds, so use 0..{n_seeds - 1}")
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
+    vit_flags = {"--model_name_or_path": args.model_name_or_path, "--precision": args.precision}
+    train_flags = tuple(x for flag, value in vit_flags.items() if value is not None for x in (flag, value))
+    if train_flags and not args.model.startswith("vit"):
+        p.error("--model_name_or_path and --precision are for --model vit")
     methods = resolve_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.protocol, args.solver)
     if not methods:
         p.error("--methods is empty")
     return ExperimentSpec(
         model=args.model, task=args.task, num_per_class=args.num_per_class, methods=methods,
         seed_ids=tuple(dict.fromkeys(seed_ids)), out_root=resolve_out_root(args.out_root),
-        data_root=args.data_root, epochs=args.epochs, overwrite=args.overwrite,
+        data_root=args.data_root, epochs=args.epochs, overwrite=args.overwrite, train_flags=train_flags,
     )  # fmt: skip
 
 

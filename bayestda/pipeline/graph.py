@@ -46,6 +46,7 @@ class ExperimentSpec:
     data_root: Path | None = None  # None: the steps' own default ($BAYESTDA_DATA_ROOT, else ./data)
     epochs: int | None = None  # None: the task's paper budget
     overwrite: bool = False
+    train_flags: tuple[str, ...] = ()  # extra flags of the training step, e.g. the ViT's --model_name_or_path
 
     @property
     def name(self) -> str:
@@ -100,8 +101,6 @@ def check_model(model: str) -> None:
         raise UserError(f"--model {model}: {exc}; use cnn, cnn3 or vit, optionally with -deinit or -debatch") from None
     if base not in ("cnn", "cnn3", "vit"):
         raise UserError(f"--model {model}: unknown model family {base!r}; use cnn, cnn3 or vit")
-    if base == "vit":
-        raise UserError("--model vit: the ViT steps (finetune_vit.py, tda_vit_scripts/) are not implemented yet")
 
 
 def _trained(seed_dir: Path) -> bool:
@@ -145,7 +144,7 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
     tasks = [subsets]
 
     epochs = ["--epochs", str(spec.epochs)] if spec.epochs else []
-    train_script = [*train_argv(spec.model, spec.task, n), *epochs, *common, *data, *overwrite]
+    train_script = [*train_argv(spec.model, spec.task, n), *epochs, *spec.train_flags, *common, *data, *overwrite]
     for k in spec.seed_ids:
         seed_dir = seed_model_dir(out, spec.model, spec.task, n, seeds[k])
         done = not spec.overwrite and _trained(seed_dir)

@@ -1,4 +1,8 @@
-"""Slow, obvious references and small models shared by the method tests (CNN now, the ViT later)."""
+"""Slow, obvious references and small models shared by the method tests of both families (CNN and ViT).
+
+Every reference works on a model's *trainable* parameters (all of them for the CNNs; LoRA and the
+classifier for the ViT), in `named_parameters` order, as the library does.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +38,19 @@ def toy_data(n: int, seed: int = 0, classes: int = 3, dtype=torch.float64) -> Su
     return Subset(x, y, torch.arange(n))
 
 
-def trained_tiny(train: Subset, steps: int = 300, seed: int = 0) -> TinyNet:
+def micro_vit(path, seed: int = 0, dtype=torch.float64) -> nn.Module:
+    """The micro ViT of `micro_vit_dir` with LoRA r=2 and a 3-way classifier: ~300 trainable parameters."""
+    from bayestda.vit import LoraSpec, build_vit
+
     torch.manual_seed(seed)
-    model = TinyNet().to(train.x.dtype)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    return build_vit(str(path), num_labels=3, lora=LoraSpec(r=2, alpha=4)).to(dtype).eval()
+
+
+def trained_tiny(train: Subset, steps: int = 300, seed: int = 0, model: nn.Module | None = None) -> nn.Module:
+    """`model` (default: a new TinyNet) after full-batch Adam steps on `train`, in eval mode."""
+    torch.manual_seed(seed)
+    model = TinyNet().to(train.x.dtype) if model is None else model.train()
+    opt = torch.optim.Adam(trainable(model), lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
         F.cross_entropy(model(train.x), train.y).backward()
@@ -45,15 +58,20 @@ def trained_tiny(train: Subset, steps: int = 300, seed: int = 0) -> TinyNet:
     return model.eval()
 
 
+def trainable(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def flat_params(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return torch.cat([p.detach().reshape(-1) for p in trainable(model)])
 
 
 def _unflat(model, vec):
     out, i = {}, 0
     for k, p in model.named_parameters():
-        out[k] = vec[i : i + p.numel()].view_as(p)
-        i += p.numel()
+        if p.requires_grad:
+            out[k] = vec[i : i + p.numel()].view_as(p)
+            i += p.numel()
     return out
 
 
@@ -67,7 +85,7 @@ def per_pair_grads(model: nn.Module, data: Subset) -> list[torch.Tensor]:
     for i in range(len(data)):
         model.zero_grad()
         loss = F.cross_entropy(model(data.x[i : i + 1]), data.y[i : i + 1])
-        out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
+        out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, trainable(model))]))
     return out
 
 

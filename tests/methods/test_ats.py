@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from bayestda.func import FunctionalModel
 from bayestda.methods.ats import ats_scores, fresh_adam_step
 
-from .reference import TinyNet, toy_data
+from .reference import TinyNet, micro_vit, toy_data, trained_tiny
 
 
 def reference_ats(model, train, test, lr, wd):
@@ -41,10 +41,14 @@ def test_fresh_adam_step_is_torch_adam_bit_for_bit(dtype):
         assert torch.equal(p.detach(), row)
 
 
-def test_ats_equals_real_adam_loop():
+@pytest.mark.parametrize("net", ["tiny", "vit"])
+def test_ats_equals_real_adam_loop(net, micro_vit_dir):
     torch.manual_seed(1)
-    model = TinyNet().double()
     train, test = toy_data(7), toy_data(5, seed=2)
+    if net == "tiny":
+        model = TinyNet().double()
+    else:  # trained a little, so LoRA's B is no longer zero; only LoRA and the classifier take the step
+        model = trained_tiny(train, steps=20, model=micro_vit(micro_vit_dir))
     got = ats_scores(FunctionalModel(model), train, test, lr=1e-3, weight_decay=5e-3, chunk=3)
     ref = reference_ats(model, train, test, 1e-3, 5e-3)
     torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-12)

@@ -11,7 +11,7 @@ from bayestda.methods.grad_similarity import grad_dot_and_cos
 from bayestda.models import build_model
 from bayestda.paths import REPO_ROOT
 
-from .reference import TinyNet, per_pair_grads, toy_data
+from .reference import TinyNet, micro_vit, per_pair_grads, toy_data, trained_tiny
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,13 @@ def cnn_and_data(data_root):
     return model, cast(train, 7), cast(test, 5)
 
 
-@pytest.mark.parametrize("net", ["cnn", "tiny"])
-def test_gd_gc_equal_per_pair_loop(net, cnn_and_data):
-    model, train, test = cnn_and_data if net == "cnn" else (TinyNet().double().eval(), toy_data(6), toy_data(4, seed=1))
+@pytest.mark.parametrize("net", ["cnn", "tiny", "vit"])
+def test_gd_gc_equal_per_pair_loop(net, cnn_and_data, micro_vit_dir):
+    if net == "cnn":
+        model, train, test = cnn_and_data
+    else:
+        train, test = toy_data(6), toy_data(4, seed=1)
+        model = TinyNet().double().eval() if net == "tiny" else trained_tiny(train, 20, model=micro_vit(micro_vit_dir))
     gd, gc = grad_dot_and_cos(FunctionalModel(model), train, test, chunk=3)
     g_train, g_test = per_pair_grads(model, train), per_pair_grads(model, test)
     for j in range(len(train)):

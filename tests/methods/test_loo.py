@@ -1,14 +1,22 @@
-"""LOO protocols against a plain sequential retrain loop, and independence from the number of workers."""
+"""LOO protocols against a plain sequential retrain loop, and independence from the number of workers.
+
+The CNN on real MNIST images, and the micro LoRA ViT on toy images, whose retrains must also repeat the
+run's crops, dropout and linear lr decay.
+"""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+from bayestda import families
 from bayestda.data import Subset, load_subset
 from bayestda.methods import loo
 from bayestda.models import build_model
 from bayestda.paths import REPO_ROOT
 from bayestda.training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
+from bayestda.vit import LoraSpec, vit_run_config
+
+from .reference import toy_data
 
 CFG = TrainConfig(epochs=4, batch_size=5)  # 12 samples: batches of 5, 5, 2 every epoch
 INIT_SEED, BATCH_SEED = 3, 7
@@ -29,7 +37,7 @@ def ctx_factory(data_root):
 
     def make(protocol):
         return loo.RetrainContext(
-            "cnn2", "mnist3", train_data, test_data, CFG, orders, INIT_SEED,
+            {"arch": "cnn2", "task": "mnist3", "init_seed": INIT_SEED}, train_data, test_data, CFG, orders,
             start_states=[states[3], states[4]] if protocol != "scratch" else [],
             eval_epochs=(3, 4) if protocol == "scratch" else (CFG.epochs,),
         )  # fmt: skip
@@ -46,27 +54,38 @@ class single_thread:
         torch.set_num_threads(self.n)
 
 
-def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test):
+def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, vit=None):
     """The obvious loop: fresh Adam, the given batch order, z_j dropped or its loss zeroed (as the original).
 
-    It uses the library's memory layout (channels-last) so that the comparison can be bit for bit.
+    The CNN runs in the library's memory layout (channels-last) so that the comparison can be bit for
+    bit. For the ViT (`vit`: the run's TrainExtras), each batch goes through the run's crop function,
+    dropout draws from the run's seed, and torch's LambdaLR decays the lr linearly per batch.
     """
-    model = model.to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
-    test_x = test.x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=CFG.lr, weight_decay=CFG.weight_decay)
+    if vit is None:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        test_x = test.x.contiguous(memory_format=torch.channels_last)
+    else:
+        test_x = test.x
+        torch.manual_seed(vit.rng_seed)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=CFG.lr, weight_decay=CFG.weight_decay)
+    total_steps = len(orders) * len(orders[0].split(CFG.batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total_steps) if vit else None
     out = {}
     for epoch in range(1, len(orders) + 1):
         model.train()
         for batch in orders[epoch - 1].split(CFG.batch_size):
             if mode == "drop" and leave_out is not None:
                 batch = batch[batch != leave_out]
+            xb = x[batch] if vit is None else vit.augment(x[batch], epoch, batch)
             opt.zero_grad()
-            losses = F.cross_entropy(model(x[batch]), y[batch], reduction="none")
+            losses = F.cross_entropy(model(xb), y[batch], reduction="none")
             if mode == "zero" and leave_out is not None:
                 losses = torch.where(batch == leave_out, torch.zeros_like(losses), losses)
             losses.mean().backward()
             opt.step()
+            if sched is not None:
+                sched.step()
         if epoch in eval_epochs:
             model.eval()
             with torch.no_grad():
@@ -129,3 +148,50 @@ def test_results_do_not_depend_on_workers(ctx_factory):
 def test_unknown_protocol(ctx_factory):
     with pytest.raises(ValueError, match="unknown LOO protocol"):
         loo.loo_scores("bogus", ctx_factory[0]("paper"), torch.zeros(2, 20), workers=1)
+
+
+# ----------------------------------------------------------------------------- the LoRA ViT
+
+
+@pytest.fixture(scope="module")
+def vit_setup(micro_vit_dir):
+    config = {
+        "family": "vit", "arch": "vit", "task": "mnist3", "init_seed": INIT_SEED, "batch_seed": BATCH_SEED,
+        **vit_run_config(str(micro_vit_dir), LoraSpec(r=2, alpha=4), "fp32", num_labels=3),
+    }  # fmt: skip
+    train_data, test_data = toy_data(12, dtype=torch.float32), toy_data(20, seed=5, dtype=torch.float32)
+    orders = batch_orders(12, CFG.epochs, BATCH_SEED)
+    states = {}
+    with single_thread():
+        model = families.init(config)
+        train(model, make_optimizer(model, CFG), train_data, orders, CFG, extras=families.train_extras(config),
+              on_epoch_end=lambda e, m, o, _loss: states.__setitem__(e, families.model_state(m)))  # fmt: skip
+    return config, train_data, test_data, orders, states
+
+
+@pytest.mark.parametrize("protocol", ["scratch", "paper", "paired"])
+def test_vit_protocols_equal_sequential_retrains(vit_setup, protocol):
+    config, train_data, test, orders, states = vit_setup
+    ctx = loo.RetrainContext(
+        config, train_data, test, CFG, orders, start_states=[] if protocol == "scratch" else [states[3], states[4]],
+        eval_epochs=(3, 4) if protocol == "scratch" else (CFG.epochs,),
+    )  # fmt: skip
+    with single_thread():
+        base = torch.stack([evaluate(families.from_state(config, states[e]), test)[0] for e in (3, 4)])
+        got, diag = loo.loo_scores(protocol, ctx, base, workers=1)
+        extras = families.train_extras(config)
+        x, y = train_data.x, train_data.y
+        if protocol == "scratch":
+            assert diag["max_abs_full_retrain_minus_checkpoint_test_loss"] == 0.0  # retrains repeat the run
+            full = reference_retrain(families.init(config), x, y, orders, None, "drop", (3, 4), test, extras)
+            for j in range(12):
+                ref = reference_retrain(families.init(config), x, y, orders, j, "drop", (3, 4), test, extras)
+                assert torch.equal(got[:, j], ref - full), f"sample {j}"
+            return
+        for c, e in enumerate((3, 4)):
+            start = lambda e=e: families.from_state(config, states[e])  # noqa: E731
+            full = reference_retrain(start(), x, y, orders, None, "zero", (CFG.epochs,), test, extras)[0]
+            for j in range(12):
+                ref = reference_retrain(start(), x, y, orders, j, "zero", (CFG.epochs,), test, extras)[0]
+                expected = ref - (base[c] if protocol == "paper" else full)
+                assert torch.equal(got[c, j], expected), f"checkpoint {e}, sample {j}"

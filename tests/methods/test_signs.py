@@ -72,7 +72,7 @@ def test_loo_calls_the_duplicate_helpful(data_root, protocol):
     model = init_model("cnn2", "mnist3", 1)
     train(model, make_optimizer(model, cfg), data, orders, cfg,
           on_epoch_end=lambda e, m, o, _loss: states.__setitem__(e, {k: v.clone() for k, v in m.state_dict().items()}))  # fmt: skip
-    ctx = loo.RetrainContext("cnn2", "mnist3", data, test, cfg, orders, 1,
+    ctx = loo.RetrainContext({"arch": "cnn2", "task": "mnist3", "init_seed": 1}, data, test, cfg, orders,
                              start_states=[states[cfg.epochs]] if protocol != "scratch" else [],
                              eval_epochs=(cfg.epochs,))  # fmt: skip
     with torch.no_grad():

@@ -113,3 +113,15 @@ def test_methods_and_models_are_checked():
         resolve_methods(["tracin"], "paper", "paper")
     with pytest.raises(UserError, match="unknown model family"):
         build_graph(ExperimentSpec("resnet", "mnist3", 10, ("gd",), (0,), None))
+
+
+def test_vit_experiment_runs_the_vit_steps(tmp_path):
+    flags = ("--model_name_or_path", "/models/vit-in21k", "--precision", "bf16")
+    tasks = {
+        t.name: t for t in build_graph(ExperimentSpec("vit", "mnist3", 10, METHODS, (0,), tmp_path, train_flags=flags))
+    }
+    train = tasks["train_seed0"].command()
+    assert train[0] == "finetune_vit.py" and train[train.index("--model_name_or_path") + 1] == "/models/vit-in21k"
+    assert train[train.index("--precision") + 1] == "bf16"
+    assert tasks["if-paper_seed0"].command()[:3] == ["tda_vit_scripts/if.py", "--model", "vit"]
+    assert tasks["loo-paper_seed0"].command(threads=2)[-2:] == ["--workers", "2"]

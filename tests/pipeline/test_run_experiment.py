@@ -149,7 +149,8 @@ def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
     [
         (["--seeds", "12"], "--seeds [12] out of range"),
         (["--methods", "gd,tracin"], "unknown method 'tracin'"),
-        (["--model", "vit"], "not implemented yet"),
+        (["--model", "resnet"], "unknown model family 'resnet'"),
+        (["--model_name_or_path", "/x"], "are for --model vit"),
         (["--gpus", "a,b"], "give GPU ids"),
         (["--jobs", "0"], "--jobs must be at least 1"),
     ],
