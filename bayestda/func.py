@@ -35,10 +35,16 @@ def unflatten(vec: torch.Tensor, like: Params) -> Params:
 
 
 class FunctionalModel:
-    """Loss and its derivatives as pure functions of the trainable parameters."""
+    """Loss and its derivatives as pure functions of the trainable parameters.
 
-    def __init__(self, model: nn.Module):
+    `chunk` (samples per vmapped per-sample-gradient call) and `hvp_chunk` (vectors per vmapped
+    Hessian-vector product) bound memory; results do not depend on them. Every method takes its
+    defaults from here, so one setting per model family (small for ViT-B) covers them all.
+    """
+
+    def __init__(self, model: nn.Module, chunk: int = 128, hvp_chunk: int = 25):
         self.model = model.eval()
+        self.chunk, self.hvp_chunk = chunk, hvp_chunk
         self.params = trainable_params(model)
         self.frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
         self.frozen.update(dict(model.named_buffers()))
@@ -54,23 +60,32 @@ class FunctionalModel:
         """Cross-entropy of one sample (no batch dimension), for vmap."""
         return F.cross_entropy(self.logits(params, x[None]), y[None])
 
-    def per_sample_grads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 256, params: Params | None = None):
+    def per_sample_grads(
+        self, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None, params: Params | None = None
+    ) -> torch.Tensor:
         """[N, P] flat loss gradients, one row per sample (vmap over grad, chunked to bound memory)."""
         params = self.params if params is None else params
+        chunk = chunk or self.chunk
         g = vmap(grad(self.sample_loss), in_dims=(None, 0, 0))
         return torch.cat(
             [flatten(g(params, xb, yb), batch_dims=1) for xb, yb in zip(x.split(chunk), y.split(chunk), strict=True)]
         )
 
     def hvp_fn(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """v ↦ H v, H the Hessian of the mean loss over (x, y); forward-over-reverse, vmappable over v."""
-        params = self.params
+        """v ↦ H v, H the Hessian of the mean loss over (x, y); forward-over-reverse, vmappable over v.
 
-        def grad_flat(p):
-            return flatten(grad(self.loss)(p, x, y))
+        Over more than `chunk` samples, H v is the weighted sum of the chunks' HVPs (memory stays bounded).
+        """
+        params = self.params
+        blocks = list(zip(x.split(self.chunk), y.split(self.chunk), strict=True))
 
         def hvp(v: torch.Tensor) -> torch.Tensor:
-            return jvp(grad_flat, (params,), (unflatten(v, params),))[1]
+            tangent = unflatten(v, params)
+            total = 0
+            for xb, yb in blocks:
+                grad_flat = lambda p, xb=xb, yb=yb: flatten(grad(self.loss)(p, xb, yb))  # noqa: E731
+                total = total + jvp(grad_flat, (params,), (tangent,))[1] * (len(xb) / len(x))
+            return total
 
         return hvp
 

@@ -30,7 +30,7 @@ def fresh_adam_step(theta: torch.Tensor, grads: torch.Tensor, lr: float, weight_
 
 
 def ats_scores(
-    fm: FunctionalModel, train: Subset, test: Subset, lr: float, weight_decay: float, chunk: int = 64
+    fm: FunctionalModel, train: Subset, test: Subset, lr: float, weight_decay: float, chunk: int | None = None
 ) -> torch.Tensor:
     """[n_train, n_test] change in each test loss after one fresh-Adam step on each training sample.
 
@@ -49,6 +49,7 @@ def ats_scores(
             p.copy_(value.view_as(p))  # copy_ keeps the parameter's memory format
         return per_sample_losses(work, test.x, test.y)[0]
 
+    chunk = chunk or fm.chunk
     theta = flatten(fm.params)
     base = test_losses(theta)
     rows = []

@@ -14,6 +14,9 @@ from .runner import run_method
 
 # FastIF's LiSSA batch size: 8 in the paper's CNN code, 32 in its ViT code.
 LISSA_BATCH = {"cnn": 8, "vit": 32}
+# vmap chunks (`FunctionalModel`): samples per per-sample-gradient call, vectors per Hessian-vector product.
+# ViT-B/16 keeps ~100 MB of activations per 224×224 image, so its chunks are small.
+MEMORY = {"cnn": {"chunk": 128, "hvp_chunk": 25}, "vit": {"chunk": 16, "hvp_chunk": 1}}
 MODEL_HELP = {
     "cnn": "trained model to score: cnn, cnn3, or with a posterior suffix (cnn-deinit, ...)",
     "vit": "fine-tuned model to score: vit, or with a posterior suffix (vit-deinit, ...)",
@@ -76,6 +79,16 @@ METHOD_FLAGS = {  # script name -> (add its flags, (args, parser) -> (method nam
 }
 
 
+def _memory_flags(p: Parser, family: str) -> None:
+    m = MEMORY[family]
+    p.add_argument(
+        "--chunk", type=int, default=m["chunk"], help="samples per vmapped gradient call; lower it if memory runs out"
+    )
+    p.add_argument(
+        "--hvp_chunk", type=int, default=m["hvp_chunk"], help="vectors per vmapped Hessian-vector product (IF)"
+    )
+
+
 def tda_main(doc: str, script: str, family: str = "cnn") -> None:
     """Parse the common flags plus a method's own, then score every requested seed."""
     add_flags, method_and_options = METHOD_FLAGS[script]
@@ -84,8 +97,14 @@ def tda_main(doc: str, script: str, family: str = "cnn") -> None:
     p.add_argument("--model", default=family, help=MODEL_HELP[family])
     if add_flags:
         add_flags(p, family)
+    if script != "loo":
+        _memory_flags(p, family)
     args = p.parse_args()
     method, options = method_and_options(args, p)
+    if script != "loo":
+        if args.chunk < 1 or args.hvp_chunk < 1:
+            p.error("--chunk and --hvp_chunk must be at least 1")
+        options = {**options, "chunk": args.chunk, "hvp_chunk": args.hvp_chunk}
     out_root = resolve_out_root(args.out_root)
     done = run_method(method, args.model, args.task, args.num_per_class, select_seeds(args.seed_id), out_root,
                       resolve_data_root(args.data_root), resolve_device(args.device), options, args.overwrite)  # fmt: skip

@@ -14,9 +14,10 @@ from .features import GradFeaturizer
 
 
 def grad_dot_and_cos(
-    fm: FunctionalModel, train: Subset, test: Subset, chunk: int = 128
+    fm: FunctionalModel, train: Subset, test: Subset, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """([n_train, n_test] dot products, [n_train, n_test] cosines)."""
+    """([n_train, n_test] dot products, [n_train, n_test] cosines); `chunk` defaults to `fm.chunk`."""
+    chunk = chunk or fm.chunk
     featurizer = GradFeaturizer(fm, train.x)
     try:
         g_train = featurizer.loss_grads(train.x, train.y, chunk)

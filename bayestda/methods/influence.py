@@ -37,12 +37,12 @@ def _batched(fn, vectors: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([vmap(fn)(block) for block in vectors.split(chunk)])
 
 
-def _test_gram(fm: FunctionalModel, left: torch.Tensor, test: Subset, chunk: int = 128) -> torch.Tensor:
-    """[len(left), n_test] = left @ ∇L(test)ᵀ, test gradients computed block by block."""
+def _test_gram(fm: FunctionalModel, left: torch.Tensor, test: Subset) -> torch.Tensor:
+    """[len(left), n_test] = left @ ∇L(test)ᵀ, test gradients computed block by block (`fm.chunk` at a time)."""
     return torch.cat(
         [
-            left @ fm.per_sample_grads(test.x[lo : lo + chunk], test.y[lo : lo + chunk], chunk=64).T
-            for lo in range(0, len(test), chunk)
+            left @ fm.per_sample_grads(test.x[lo : lo + fm.chunk], test.y[lo : lo + fm.chunk]).T
+            for lo in range(0, len(test), fm.chunk)
         ],
         dim=1,
     )
@@ -57,7 +57,7 @@ def lissa_batches(train: Subset, batch_size: int) -> list[tuple[torch.Tensor, to
 
 
 def lissa_transposed(
-    fm: FunctionalModel, vectors: torch.Tensor, batches, damping: float, scale: float, chunk: int = HVP_CHUNK
+    fm: FunctionalModel, vectors: torch.Tensor, batches, damping: float, scale: float, chunk: int | None = None
 ):
     """Mᵀ v for each row v, where FastIF's recursion h ← v + A_k h (h₀ = v, A_k = (1−d)I − H_k/s) gives h_K = M v.
 
@@ -66,7 +66,7 @@ def lissa_transposed(
     """
     w, total = vectors, vectors.clone()
     for xb, yb in tqdm(batches[::-1], desc="LiSSA", unit="batch", leave=False):
-        w = (1 - damping) * w - _batched(fm.hvp_fn(xb, yb), w, chunk) / scale
+        w = (1 - damping) * w - _batched(fm.hvp_fn(xb, yb), w, chunk or fm.hvp_chunk) / scale
         total += w
     return total
 
@@ -89,7 +89,7 @@ def lissa_diagnostics(fm: FunctionalModel, train: Subset, g_train: torch.Tensor,
     pure_damping_factor = sum((1 - damping) ** i for i in range(steps + 1)) / scale  # s_test if H were 0
     probe = torch.linspace(0, len(train) - 1, min(n_probe, len(train))).long()
     fixed, info = conjugate_gradient(
-        fm.hvp_fn(train.x, train.y), g_train[probe], damping * scale, tol=1e-6, max_iter=500
+        fm.hvp_fn(train.x, train.y), g_train[probe], damping * scale, tol=1e-6, max_iter=500, chunk=fm.hvp_chunk
     )
     rel = ((s_train[probe] - fixed).norm(dim=1) / fixed.norm(dim=1)).tolist()
     ratio = (s_train[probe] * g_train[probe]).sum(1) / g_train[probe].square().sum(1)
@@ -112,14 +112,17 @@ def lissa_diagnostics(fm: FunctionalModel, train: Subset, g_train: torch.Tensor,
 # ----------------------------------------------------------------------------- ggn: exact Woodbury
 
 
-def if_ggn(fm: FunctionalModel, train: Subset, test: Subset, damping: float, chunk: int = 128) -> torch.Tensor:
+def if_ggn(fm: FunctionalModel, train: Subset, test: Subset, damping: float, chunk: int | None = None) -> torch.Tensor:
     """[n_train, n_test] −∇L(z_j)ᵀ (G + λI)⁻¹ ∇L(z), G the Gauss–Newton matrix of the mean training loss."""
+    chunk = chunk or fm.chunk
     featurizer = GradFeaturizer(fm, train.x)
     try:
         with torch.no_grad():
             factor = cross_entropy_hessian_factor(fm.logits(fm.params, train.x))  # L Lᵀ = ∇²CE per sample
         # U's columns: J_iᵀ L_i[:, c] / √n, so that U Uᵀ = (1/n) Σ_i J_iᵀ ∇²CE_i J_i = G
-        u = featurizer.jacobian_vector_grads(train.x, factor.transpose(1, 2) / math.sqrt(len(train)))
+        u = featurizer.jacobian_vector_grads(
+            train.x, factor.transpose(1, 2) / math.sqrt(len(train)), chunk=max(1, chunk // 4)
+        )
         g_train = featurizer.loss_grads(train.x, train.y, chunk)
         inner = u.gram(u)
         inner.diagonal().add_(damping)
@@ -175,5 +178,5 @@ def conjugate_gradient(
 def if_cg(fm: FunctionalModel, train: Subset, test: Subset, damping: float, tol: float = 1e-6, max_iter: int = 1000):
     """[n_train, n_test] −(H + λI)⁻¹∇L(z_j) · ∇L(z) with H the Hessian of the mean training loss."""
     g_train = fm.per_sample_grads(train.x, train.y)
-    x, info = conjugate_gradient(fm.hvp_fn(train.x, train.y), g_train, damping, tol, max_iter)
+    x, info = conjugate_gradient(fm.hvp_fn(train.x, train.y), g_train, damping, tol, max_iter, fm.hvp_chunk)
     return -_test_gram(fm, x, test), info

@@ -77,14 +77,16 @@ def _on(subset: Subset, device, dtype) -> Subset:
     return Subset(subset.x.to(device=device, dtype=dtype), subset.y.to(device), subset.idx)
 
 
-def per_checkpoint(samples: SeedSamples, device, dtype, score_fn, desc: str):
-    """Apply score_fn(FunctionalModel, train, test) -> ([n, m], diagnostics) to every checkpoint."""
+def per_checkpoint(samples: SeedSamples, device, dtype, score_fn, desc: str, memory: dict):
+    """Apply score_fn(FunctionalModel, train, test) -> ([n, m], diagnostics) to every checkpoint.
+
+    `memory` sets the FunctionalModel's vmap chunks (`chunk`, `hvp_chunk`)."""
     train, test = _on(samples.train, device, dtype), _on(samples.test, device, dtype)
     scores, diags = [], []
     for model in tqdm(
         samples.models(device, dtype), total=len(samples.checkpoints), desc=desc, unit="ckpt", leave=False
     ):
-        s, d = score_fn(FunctionalModel(model), train, test)
+        s, d = score_fn(FunctionalModel(model, **memory), train, test)
         scores.append(s.detach().float().cpu())
         diags.append(d)
     return torch.stack(scores), diags
@@ -139,7 +141,10 @@ def compute(method: str, samples: SeedSamples, options: dict, device) -> tuple[t
     if family == "loo":
         return loo_seed_scores(variant, samples, options.get("workers", 1), device)
     dtype = getattr(torch, options.get("dtype", "float32"))
-    return per_checkpoint(samples, device, dtype, checkpoint_scorer(method, options, samples.configs[0]), method)
+    memory = {k: options[k] for k in ("chunk", "hvp_chunk") if k in options}
+    return per_checkpoint(
+        samples, device, dtype, checkpoint_scorer(method, options, samples.configs[0]), method, memory
+    )
 
 
 def run_method(method: str, model: str, task: str, num_per_class: int, seeds: list[int], out_root: Path, data_root: Path,

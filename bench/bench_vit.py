@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Benchmark ViT + LoRA end to end: fine-tuning, then GD/GC and IF on every checkpoint of one seed.
+
+Setting (issue #5): MNIST3-10pc (30 train × 900 test), ViT-B/16 with LoRA r=16 on query/value plus the classifier
+(~600k trainable parameters). No weights can be downloaded here, so `--config base` saves a randomly initialised
+ViT-B/16 (ViTConfig() defaults: 224×224, patch 16, 12 layers, hidden 768) with save_pretrained and loads it
+through the same from_pretrained path as the real google/vit-base-patch16-224-in21k. Pass --model_name_or_path
+to use real weights. `--config tiny` (2 layers, hidden 32, 32×32) is a CPU smoke run of this script.
+
+For each stage it prints the wall time, the throughput and, on GPU, the peak memory. Grad-Dot is also timed
+against its slow reference, a per-sample autograd loop (timed on a few samples and scaled linearly; said so).
+
+usage: python bench/bench_vit.py [--config base|tiny] [--device cuda] [--precision bf16] [--epochs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bayestda.checkpoints import load_checkpoint
+from bayestda.cli import resolve_device
+from bayestda.data import load_subset
+from bayestda.ensemble import EnsembleSpec, train_ensemble
+from bayestda.func import FunctionalModel
+from bayestda.methods.cli import MEMORY
+from bayestda.methods.runner import run_method
+from bayestda.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
+
+CONFIGS = {
+    "base": {},  # ViTConfig() defaults are ViT-B/16 at 224×224
+    "tiny": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "intermediate_size": 64},
+}  # fmt: skip
+
+
+def save_random_vit(path: Path, name: str) -> str:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(**CONFIGS[name])
+    ViTForImageClassification(config).save_pretrained(path)
+    size = {"height": config.image_size, "width": config.image_size}
+    ViTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+    return str(path)
+
+
+class Stage:
+    """Wall time and (CUDA) peak memory of one stage."""
+
+    def __init__(self, name: str, device: torch.device, items: int, unit: str):
+        self.name, self.device, self.items, self.unit = name, device, items, unit
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
+        mem = (
+            f"   peak {torch.cuda.max_memory_allocated(self.device) / 2**30:6.2f} GiB"
+            if self.device.type == "cuda"
+            else ""
+        )
+        rate = self.items / self.seconds
+        print(f"{self.name:38s} {self.seconds:9.2f} s   {rate:10.1f} {self.unit}/s{mem}", flush=True)
+
+
+def per_sample_loop_seconds(model, data, k: int, device) -> float:
+    """The slow reference for GD/GC: one autograd.grad call per sample, for k samples."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = time.perf_counter()
+    for i in range(k):
+        loss = F.cross_entropy(model(data.x[i : i + 1].to(device)), data.y[i : i + 1].to(device))
+        torch.autograd.grad(loss, params)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="base", choices=sorted(CONFIGS), help="random backbone to save and load")
+    p.add_argument("--model_name_or_path", default=None, help="a real backbone instead of a random one")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="training autocast (GPU)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--methods", default="gd,gc,if-paper", help="comma-separated: gd, gc, if-paper, if-ggn, if-cg, ats")
+    p.add_argument("--chunk", type=int, default=MEMORY["vit"]["chunk"])
+    p.add_argument("--hvp_chunk", type=int, default=MEMORY["vit"]["hvp_chunk"])
+    p.add_argument("--data_root", default=None)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    data_root = resolve_data_root(args.data_root)
+    name = (
+        "cuda " + torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
+    print(f"device: {name}; torch {torch.__version__}; precision {args.precision}; config {args.config}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        backbone = args.model_name_or_path or save_random_vit(tmp / "backbone", args.config)
+        spec = EnsembleSpec("mnist3", 10, "vit", epochs=args.epochs, model_name_or_path=backbone,
+                            precision=args.precision)  # fmt: skip
+        train = load_subset("mnist3", "train", 10, data_root, REPO_ROOT, pixels=True)
+        test = load_subset("mnist3", "test", None, data_root, REPO_ROOT, pixels=True)
+        # every epoch trains on 30 images and evaluates the 900 test images
+        with Stage(f"fine-tune ({args.epochs} epochs)", device, args.epochs * (len(train) + len(test)), "img"):
+            metrics = train_ensemble(spec, [0], data_root, tmp, device)[0]
+        print(f"  test accuracy after {args.epochs} epochs: {metrics['final_test_acc']:.1f}%")
+        model, _ = load_checkpoint(checkpoint_file(seed_model_dir(tmp, "vit", "mnist3", 10, 0), args.epochs))
+        model = model.to(device)
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"  trainable parameters: {n_trainable:,}")
+
+        memory = {"chunk": args.chunk, "hvp_chunk": args.hvp_chunk}
+        options = {
+            "gd": {}, "gc": {}, "ats": {},
+            "if-paper": {"dtype": "float32", "diagnostics": False,
+                         "lissa": {"damping": 5e-3, "scale": 1e4, "batch_size": 32, "passes": 1, "repeats": 1}},
+            "if-ggn": {"dtype": "float32", "damping": 0.01},
+            "if-cg": {"dtype": "float32", "damping": 0.01, "tol": 1e-6, "max_iter": 100},
+        }  # fmt: skip
+        pairs = 5 * len(train) * len(test)
+        timings = {}
+        for method in args.methods.split(","):
+            with Stage(f"{method} (5 checkpoints, all pairs)", device, pairs, "pair") as stage:
+                run_method(method, "vit", "mnist3", 10, [0], tmp, data_root, device, {**options[method], **memory})
+            timings[method] = stage.seconds
+        if "gd" in timings:
+            k = 8
+            ref = (
+                per_sample_loop_seconds(FunctionalModel(model).model, train, k, device)
+                * 5
+                * (len(train) + len(test))
+                / k
+            )
+            print(f"{'gd: per-sample autograd loop (scaled)':38s} {ref:9.2f} s   (timed on {k} samples)"
+                  f"   speed-up ×{ref / timings['gd']:.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
