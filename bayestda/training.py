@@ -102,7 +102,8 @@ class TrainExtras:
     - `linear_decay`: the learning rate falls linearly from lr to 0 over the run, stepped per batch
       (transformers' linear schedule without warm-up). Each retrain restarts it, as it restarts Adam.
     - `rng_seed`: seeds torch's global RNG for the run (dropout), inside a fork so callers are unaffected.
-    - `precision`: autocast dtype for the forward pass on GPU ("bf16", "fp16" with loss scaling, "fp32").
+    - `precision`: autocast dtype of the training forward pass ("bf16", "fp16" with loss scaling, "fp32"):
+      meant for GPUs; on CPU it runs too (slowly), which is how the tests exercise it.
     """
 
     augment: Augment | None = None
@@ -144,7 +145,7 @@ def train(
     x, y = fast_layout(model, data.x.to(device)), data.y.to(device)
     weight = sample_weight.to(device) if sample_weight is not None else None
     lr_factor = _lr_factors(len(data), cfg) if extras.linear_decay else None
-    autocast_dtype = PRECISIONS[extras.precision] if device.type == "cuda" else None
+    autocast_dtype = PRECISIONS[extras.precision]
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     epochs = range(start_epoch + 1, len(orders) + 1)
     train_losses = []
