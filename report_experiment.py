@@ -5,8 +5,10 @@ Accuracy and training time from metrics.json, compute time from the score files,
 from results/<experiment>/. Example: python report_experiment.py --experiment cnn_mnist3_10pc
 """
 
+import pandas as pd
+
 from bayestda.cli import Parser, run
-from bayestda.paths import resolve_out_root
+from bayestda.paths import resolve_out_root, results_dir
 from bayestda.report import experiment_report
 from bayestda.scores import METHODS
 
@@ -23,13 +25,9 @@ def main():
         p.error(f"--experiment {args.experiment!r}: expected <model>_<task>_<n>pc")
     out_root = resolve_out_root(args.out_root)
     methods = [m for m in args.methods.split(",") if m]
-    from bayestda.paths import results_dir
-
     res = results_dir(out_root, model, task, int(n[:-2]))
     if not (res / "summary.csv").is_file():
         p.error(f"{res} has no summary.csv; run compute_pvalues.py and compute_correlations.py first")
-    import pandas as pd
-
     have = set(pd.read_csv(res / "summary.csv").method)
     print(experiment_report(out_root, model, task, int(n[:-2]), [m for m in methods if m in have], args.num_ckpts))
 

@@ -162,3 +162,28 @@ def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys, extra, mes
         run(lambda: main("doc"))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_report_reads_back_the_experiment(by_runner, data_root):
+    """report_experiment.py (REPRODUCTION.md's tables) quotes the artifacts it read, number for number."""
+    import json
+
+    import pandas as pd
+
+    proc = sh(["report_experiment.py", "--experiment", "cnn_mnist3_10pc", "--num_ckpts", "2",
+               "--out_root", str(by_runner)], data_root)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = proc.stdout
+    accs = [json.loads((by_runner / f"models/cnn/mnist3_10pc/{s}/metrics.json").read_text())["final_test_acc"]
+            for s in map(int, SEED_IDS)]  # fmt: skip
+    assert f"| 2 | {sum(accs) / 2:.2f} |" in report
+    for method in METHODS:
+        secs = [torch.load(score_file(by_runner, "cnn", method, "mnist3", 10, s), weights_only=False)["config"]["wall_time_s"]
+                for s in map(int, SEED_IDS)]  # fmt: skip
+        assert f"| {method} | 2 | {sum(secs) / 2:.1f} |" in report
+    summary = pd.read_csv(by_runner / "results/cnn_mnist3_10pc/summary.csv")
+    row = summary[(summary.method == "loo-scratch") & (summary.num_ckpts == 2) & (summary.p_type == "t")].iloc[0]
+    assert f"| loo-scratch | {row.frac_sigma_above_abs_mu:.3f} |" in report
+    assert "`loo-scratch`: " in report and "have FDR-adjusted p < 0.05" in report
+    bad = sh(["report_experiment.py", "--experiment", "cnn_mnist3_30pc", "--out_root", str(by_runner)], data_root)
+    assert bad.returncode == 2 and "no summary.csv" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
