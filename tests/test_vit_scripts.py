@@ -5,6 +5,8 @@ Fine-tuning and all five methods end to end on MNIST3-10pc (30 training images),
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -32,12 +34,24 @@ def one_line_error(proc, *needles):
         assert needle in proc.stderr, proc.stderr
 
 
+@contextmanager
+def single_thread():
+    """One torch thread, as every LOO retrain runs: CPU kernels give other last bits with other thread counts."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, tiny_vit_dir, data_root):
-    """Seeds 0 and 1 fine-tuned in this process for 5 epochs: (out_root, metrics of seed 0)."""
+    """Seeds 0 and 1 fine-tuned in this process for 5 epochs, single-threaded: (out_root, metrics of seed 0)."""
     out = tmp_path_factory.mktemp("vit")
     spec = EnsembleSpec("mnist3", 10, "vit", epochs=5, model_name_or_path=str(tiny_vit_dir))
-    metrics = train_ensemble(spec, [0, 1], data_root, out, torch.device("cpu"))[0]
+    with single_thread():
+        metrics = train_ensemble(spec, [0, 1], data_root, out, torch.device("cpu"))[0]
     return out, metrics
 
 
@@ -60,7 +74,8 @@ def test_checkpoints_hold_exactly_the_trainable_tensors_and_reload_exactly(finet
     # the reloaded model gives the test loss that training measured on the live model, to the bit
     reloaded, cfg = load_checkpoint(checkpoint_file(seed_dir, 5))
     test = load_subset("mnist3", "test", None, data_root, REPO_ROOT, pixels=True)
-    assert evaluate(reloaded, test)[0].mean().item() == metrics["epochs"][-1]["test_loss"]
+    with single_thread():
+        assert evaluate(reloaded, test)[0].mean().item() == metrics["epochs"][-1]["test_loss"]
     assert cfg == {**config, "epoch": 5}
 
 
@@ -81,7 +96,8 @@ def test_finetuning_is_deterministic_and_resumable(finetuned, tiny_vit_dir, data
     out, _ = finetuned
     spec = EnsembleSpec("mnist3", 10, "vit", epochs=5, model_name_or_path=str(tiny_vit_dir))
     assert train_ensemble(spec, [0], data_root, out, torch.device("cpu")) == {0: None}  # finished: skipped
-    train_ensemble(spec, [0], data_root, tmp_path, torch.device("cpu"))
+    with single_thread():
+        train_ensemble(spec, [0], data_root, tmp_path, torch.device("cpu"))
     for e in (1, 5):
         a = read_checkpoint(checkpoint_file(seed_model_dir(out, "vit", "mnist3", 10, 0), e))["state_dict"]
         b = read_checkpoint(checkpoint_file(seed_model_dir(tmp_path, "vit", "mnist3", 10, 0), e))["state_dict"]
