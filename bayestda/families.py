@@ -12,6 +12,10 @@ that knows the difference between the CNNs and the ViT:
 
 from __future__ import annotations
 
+import copy
+import json
+from functools import lru_cache
+
 import torch
 from torch import nn
 
@@ -33,7 +37,18 @@ def build(config: dict) -> nn.Module:
 
 
 def init(config: dict) -> nn.Module:
-    """The run's initial model: a function of the config's `init_seed` only."""
+    """The run's initial model: a function of the config's `init_seed` only.
+
+    Built once per process and copied after that: every LOO retrain and every checkpoint load starts
+    here, and for the ViT a build reads the whole backbone from disk.
+    """
+    key = {k: v for k, v in config.items() if k != "epoch"}  # a checkpoint's epoch does not change the init
+    return copy.deepcopy(_initial_model(json.dumps(key, sort_keys=True)))
+
+
+@lru_cache(maxsize=2)
+def _initial_model(config_json: str) -> nn.Module:
+    config = json.loads(config_json)
     return seeded_init(config["init_seed"], lambda: build(config))
 
 
@@ -57,9 +72,9 @@ def from_state(config: dict, state: dict[str, torch.Tensor], source: str = "the 
     return load_state(init(config), state, source).eval()
 
 
-def raw_pixels(config: dict) -> bool:
-    """Whether the family takes [0, 1] pixels (and preprocesses them itself) rather than the paper's tensors."""
-    return family(config) == "vit"
+def raw_pixels(family_name: str) -> bool:
+    """Whether a family takes [0, 1] pixels (and preprocesses them itself) rather than the paper's tensors."""
+    return family_name == "vit"
 
 
 def train_extras(config: dict) -> TrainExtras:
