@@ -14,8 +14,7 @@ only the trainable LoRA and classifier tensors, and metrics.json; finished seeds
 """
 
 from bayestda.cli import Parser, add_common_args, run
-from bayestda.ensemble import EnsembleSpec, train_main
-from bayestda.posterior import POSTERIOR_MODES
+from bayestda.ensemble import EnsembleSpec, add_training_args, train_main
 from bayestda.training import PRECISIONS
 from bayestda.vit import DEFAULT_VIT
 
@@ -32,13 +31,7 @@ def main():
         choices=sorted(PRECISIONS),
         help="autocast dtype of the training forward pass, for GPUs (fp16 adds loss scaling). Scores stay float32",
     )
-    p.add_argument(
-        "--posterior",
-        default="de",
-        choices=POSTERIOR_MODES,
-        help="de: seed varies init (LoRA, classifier) and batch order/crops (paper); de-init; de-batch",
-    )
-    p.add_argument("--epochs", type=int, default=None, help="epoch budget; default 15 (mnist3) or 30 (cifar10)")
+    add_training_args(p)
     args = p.parse_args()
     spec = EnsembleSpec(
         args.task, args.num_per_class, "vit", args.posterior, args.epochs, args.model_name_or_path,

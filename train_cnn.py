@@ -5,8 +5,7 @@ Writes models/<model>/<task>_<n>pc/<seed>/ckpt_epoch_<e>.pt and metrics.json; fi
 """
 
 from bayestda.cli import Parser, add_common_args, run
-from bayestda.ensemble import EnsembleSpec, train_main
-from bayestda.posterior import POSTERIOR_MODES
+from bayestda.ensemble import EnsembleSpec, add_training_args, train_main
 
 
 def main():
@@ -15,13 +14,7 @@ def main():
     p.add_argument(
         "--arch", default="cnn2", choices=["cnn2", "cnn3"], help="the paper's 2-layer CNN or the 3-layer one"
     )
-    p.add_argument(
-        "--posterior",
-        default="de",
-        choices=POSTERIOR_MODES,
-        help="de: seed varies init and batch order (paper); de-init: only init; de-batch: only batch order",
-    )
-    p.add_argument("--epochs", type=int, default=None, help="epoch budget; default 15 (mnist3) or 30 (cifar10)")
+    add_training_args(p)
     args = p.parse_args()
     train_main(p, args, EnsembleSpec(args.task, args.num_per_class, args.arch, args.posterior, args.epochs))
 

@@ -26,7 +26,7 @@ from .paths import (
     seed_model_dir,
     select_seeds,
 )
-from .posterior import model_name, parse_model_name, posterior_seeds
+from .posterior import POSTERIOR_MODES, model_name, parse_model_name, posterior_seeds
 from .training import TrainConfig, batch_orders, evaluate, make_optimizer, train
 from .vit import DEFAULT_VIT, LoraSpec, vit_run_config
 
@@ -128,7 +128,7 @@ def train_ensemble(
     spec: EnsembleSpec, seeds: list[int], data_root: Path, out_root: Path, device, overwrite: bool = False
 ):
     """Train every seed that is not already finished; returns {seed: metrics or None if skipped}."""
-    pixels = spec.family == "vit"
+    pixels = families.raw_pixels(spec.family)
     train_data = load_subset(spec.task, "train", spec.num_per_class, data_root, out_root, pixels)
     test_data = load_subset(spec.task, "test", None, data_root, out_root, pixels).to(device)
     seed_dirs = {seed: seed_model_dir(out_root, spec.model, spec.task, spec.num_per_class, seed) for seed in seeds}
@@ -155,6 +155,18 @@ def train_argv(model: str, task: str, num_per_class: int) -> list[str]:
 
 def train_command(model: str, task: str, num_per_class: int) -> str:
     return " ".join(["python", *train_argv(model, task, num_per_class)])
+
+
+def add_training_args(p) -> None:
+    """The flags train_cnn.py and finetune_vit.py share beyond the common ones."""
+    p.add_argument(
+        "--posterior",
+        default="de",
+        choices=POSTERIOR_MODES,
+        help="de: the seed varies the initialisation and the batch order (paper; ViT: LoRA/classifier init, batch "
+        "order and crops); de-init: only the initialisation; de-batch: only the batch order",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="epoch budget; default 15 (mnist3) or 30 (cifar10)")
 
 
 def train_main(p, args, spec: EnsembleSpec) -> None:

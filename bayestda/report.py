@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from .checkpoints import read_metrics
+from .errors import UserError
 from .paths import read_seeds, results_dir, score_file, seed_model_dir
 
 
@@ -104,7 +105,12 @@ def correlation_matrix(res: Path, file: str) -> str:
 
 
 def experiment_report(out_root: Path, model: str, task: str, n: int, methods: list[str], k: int = 5) -> str:
+    """Every table, for those of `methods` that steps 3 and 4 covered."""
     res = results_dir(out_root, model, task, n)
+    if not (res / "summary.csv").is_file():
+        raise UserError(f"{res} has no summary.csv; run compute_pvalues.py and compute_correlations.py first")
+    have = set(pd.read_csv(res / "summary.csv").method)
+    methods = [m for m in methods if m in have]
     parts = [
         f"#### {model} {task} {n}pc",
         "Accuracy (final epoch, on the test subset) and training time:\n\n"

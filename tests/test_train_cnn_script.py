@@ -7,6 +7,7 @@ from io import BytesIO
 
 import pytest
 import torch
+from helpers import one_line_error
 
 from bayestda import checkpoints, ensemble, io
 from bayestda.data import load_subset
@@ -14,14 +15,6 @@ from bayestda.errors import UserError
 from bayestda.paths import REPO_ROOT, checkpoint_file, metrics_file, seed_model_dir
 
 ARGS = ["--task", "mnist3", "--num_per_class", "10", "--epochs", "6", "--device", "cpu"]
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def snapshot(seed_dir):

@@ -5,10 +5,9 @@ Fine-tuning and all five methods end to end on MNIST3-10pc (30 training images),
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 import torch
+from helpers import one_line_error, single_thread
 
 from bayestda import families
 from bayestda.checkpoints import load_checkpoint, read_checkpoint, read_metrics
@@ -26,23 +25,6 @@ SCRIPTS = {  # method -> (script, extra flags)
     "if-cg": ("if.py", ["--solver", "cg", "--max_iter", "50"]),
     "loo-scratch": ("loo.py", ["--protocol", "scratch", "--workers", "2"]),
 }
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr
-
-
-@contextmanager
-def single_thread():
-    """One torch thread, as every LOO retrain runs: CPU kernels give other last bits with other thread counts."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

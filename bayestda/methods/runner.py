@@ -65,7 +65,7 @@ def load_seed_samples(
         if (cfg["model"], cfg["task"], cfg["num_per_class"], cfg["seed"]) != (model, task, num_per_class, seed):
             raise UserError(f"{path} was trained as {cfg['model']} {cfg['task']} {cfg['num_per_class']}pc seed {cfg['seed']}, "
                             f"not {model} {task} {num_per_class}pc seed {seed}; retrain it with --overwrite")  # fmt: skip
-    pixels = families.raw_pixels(checkpoints[0]["config"])
+    pixels = families.raw_pixels(families.family(checkpoints[0]["config"]))
     train = load_subset(task, "train", num_per_class, data_root, out_root, pixels)
     if indices_digest(train.idx) != checkpoints[0]["config"]["train_idx_sha1"]:
         raise UserError(f"the training subset data/{task}/train_subset_{num_per_class}pc.txt changed since {seed_dir} was trained; "

@@ -6,6 +6,7 @@ run's crops, dropout and linear lr decay.
 
 import pytest
 import torch
+from helpers import single_thread
 from torch.nn import functional as F
 
 from bayestda import families
@@ -43,15 +44,6 @@ def ctx_factory(data_root):
         )  # fmt: skip
 
     return make, states
-
-
-class single_thread:
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.n)
 
 
 def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, vit=None):
