@@ -77,7 +77,8 @@ def fast_layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: one kernel per op over all tensors; bit-identical to the per-tensor loop, ~3% faster LOO retrains on CPU
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -181,13 +182,19 @@ def train(
     return train_losses
 
 
+# Evaluation chunk: on CPU, 32 MNIST images keep the first conv's activations (3 MB) near the core's L2 cache and
+# evaluate in 88 ms per 900 images against 157 ms with 128 (BENCHMARKS.md); on a GPU, larger is better.
+EVAL_CHUNK = {"cpu": 32, "cuda": 256}
+
+
 @torch.no_grad()
 def per_sample_losses(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 128
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-sample cross-entropy, predicted class) in eval mode, in cache-sized chunks (faster on CPU)."""
+    """(per-sample cross-entropy, predicted class) in eval mode, `chunk` samples at a time (`EVAL_CHUNK`)."""
     model.eval()
     device = next(model.parameters()).device
+    chunk = chunk or EVAL_CHUNK.get(device.type, 128)
     x = fast_layout(model, x.to(device))
     losses, preds = [], []
     for xb, yb in zip(x.split(chunk), y.to(device).split(chunk), strict=True):

@@ -157,6 +157,28 @@ class GradFeaturizer:
         """Gradients of wᵢₖ·f(xᵢ) for cotangents [N, K, C]: N·K rows, sample-major (row i·K + k)."""
         return self._features(x, cotangents, lambda logits, w: (logits * w).sum(), True, chunk)
 
+    def dot_flat(self, vectors: torch.Tensor, feats: GradFeatures) -> torch.Tensor:
+        """[K, N] inner products of flat parameter vectors [K, P] with the N gradients in `feats`.
+
+        For a factored layer, vᵀ(δ ⊗ a) = δᵀ V a with V the layer's slice of v as an [out, in+1]
+        matrix: one matrix product over all K·out rows, no per-sample gradient is materialised.
+        """
+        slices, start = {}, 0
+        for k, t in self.fm.params.items():
+            slices[k] = (start, start + t.numel())
+            start += t.numel()
+        cols = [vectors[:, slice(*slices[k])] for k in self.dense_names]
+        out = (torch.cat(cols, 1) if cols else vectors[:, :0]) @ feats.dense.T
+        modules = dict(self.fm.model.named_modules())
+        for name, (d, a) in zip(self.factored, feats.factors, strict=True):
+            n_out = modules[name].out_features
+            v = vectors[:, slice(*slices[f"{name}.weight"])].reshape(len(vectors), n_out, -1)
+            if modules[name].bias is not None:
+                v = torch.cat([v, vectors[:, slice(*slices[f"{name}.bias"])][:, :, None]], 2)
+            va = (v.reshape(-1, v.shape[2]) @ a.T).view(len(vectors), n_out, -1)  # [K, out, N]
+            out += (va * d.T[None]).sum(1)
+        return out
+
     def to_dense(self, feats: GradFeatures) -> torch.Tensor:
         """The full flat gradients [N, P], in named_parameters order (for checks on small models)."""
         blocks, di = {}, 0

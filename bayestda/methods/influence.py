@@ -38,14 +38,16 @@ def _batched(fn, vectors: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 def _test_gram(fm: FunctionalModel, left: torch.Tensor, test: Subset) -> torch.Tensor:
-    """[len(left), n_test] = left @ ∇L(test)ᵀ, test gradients computed block by block (`fm.chunk` at a time)."""
-    return torch.cat(
-        [
-            left @ fm.per_sample_grads(test.x[lo : lo + fm.chunk], test.y[lo : lo + fm.chunk]).T
-            for lo in range(0, len(test), fm.chunk)
-        ],
-        dim=1,
-    )
+    """[len(left), n_test] = left @ ∇L(test)ᵀ, test gradients in factored form, `4·fm.chunk` at a time."""
+    featurizer = GradFeaturizer(fm, test.x)
+    block, cols = 4 * fm.chunk, []
+    try:
+        for lo in range(0, len(test), block):
+            g_test = featurizer.loss_grads(test.x[lo : lo + block], test.y[lo : lo + block], fm.chunk)
+            cols.append(featurizer.dot_flat(left, g_test))
+    finally:
+        featurizer.close()
+    return torch.cat(cols, 1)
 
 
 # ----------------------------------------------------------------------------- paper: LiSSA

@@ -54,6 +54,12 @@ def parser(doc: str) -> Parser:
     r.add_argument(
         "--jobs", type=int, default=None, help="local, on CPU: tasks at once, sharing the cores; default min(cores, 8)"
     )
+    r.add_argument(
+        "--cold_start",
+        action="store_true",
+        help="local: start each task as a fresh `python script.py`; by default tasks are forked from a process "
+        "that has imported torch once (saves ~3.5 s per task)",
+    )
     r.add_argument("--retries", type=int, default=1, help="times a failed task is retried before the run stops")
     r.add_argument("--keep_going", action="store_true", help="after a failure, go on with tasks that do not need it")
     r.add_argument(
@@ -140,7 +146,7 @@ def main(doc: str) -> None:
         executor = RayExecutor(args.ray_address, threads=max(1, cores // (args.jobs or cores)))
     else:
         gpus = _gpus(args.gpus)
-        executor = LocalExecutor(gpus, args.jobs or min(cores, 8), cores)
+        executor = LocalExecutor(gpus, args.jobs or min(cores, 8), cores, cold=args.cold_start)
     print(f"{spec.name}: {len(todo)} task(s) to run, {len(tasks) - len(todo)} already done; {executor.describe()}")
     print(f"logs: {log_dir}/<task>.log")
     try:

@@ -22,6 +22,8 @@ from ..errors import UserError
 from ..io import atomic_write_json
 from ..paths import REPO_ROOT
 from .graph import Task, pending
+from .warm import available as warm_available
+from .warm import run_warm
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -31,19 +33,27 @@ def placement_env(threads: int, gpu: str | None) -> dict[str, str]:
     return {**dict.fromkeys(THREAD_VARS, str(threads)), "CUDA_VISIBLE_DEVICES": gpu or "", "PYTHONUNBUFFERED": "1"}
 
 
-def run_logged(argv: list[str], env: dict[str, str], log: str, attempt: int, cwd: str = str(REPO_ROOT)) -> int:
+def run_logged(
+    argv: list[str], env: dict[str, str], log: str, attempt: int, cwd: str = str(REPO_ROOT), warm: bool = False
+) -> int:
     """Run a step script with `python`, appending its output to `log`; returns the exit status.
 
-    Module-level so that Ray and submitit can ship it to other processes and nodes.
+    `warm`: fork it from a server that has already imported torch (`warm.py`) instead of starting a fresh
+    interpreter. Module-level so that Ray and submitit can ship it to other processes and nodes.
     """
     log_path = Path(log)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, *argv]
     with log_path.open("a") as f:
-        f.write(f"\n=== attempt {attempt}: {' '.join(command)}\n=== env: {env}\n")
+        f.write(f"\n=== attempt {attempt}: {' '.join(command)}{' (warm start)' if warm else ''}\n=== env: {env}\n")
         f.flush()
         start = time.perf_counter()
-        rc = subprocess.run(command, cwd=cwd, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT).returncode
+        if warm:
+            rc = run_warm(argv, env, str(log_path), cwd)
+        else:
+            rc = subprocess.run(
+                command, cwd=cwd, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT
+            ).returncode
         f.write(f"=== exit status {rc} after {time.perf_counter() - start:.1f} s\n")
     return rc
 
@@ -61,10 +71,12 @@ class LocalExecutor:
     """A pool of slots on this machine. With GPUs each slot owns one GPU; without, `jobs` CPU slots.
 
     The CPU cores are shared out evenly, so `jobs` single-threaded tasks never oversubscribe the machine.
+    Tasks start warm (forked from a process that has imported torch) unless `cold` or the platform lacks fork.
     """
 
-    def __init__(self, gpus: list[str], jobs: int, cores: int | None = None):
+    def __init__(self, gpus: list[str], jobs: int, cores: int | None = None, cold: bool = False):
         cores = cores or available_cores()
+        self.warm = not cold and warm_available()
         self.gpus = gpus
         n_slots = len(gpus) if gpus else jobs
         self.threads = max(1, cores // n_slots)
@@ -74,7 +86,7 @@ class LocalExecutor:
 
     def describe(self) -> str:
         where = f"GPUs {','.join(self.gpus)} (one task each)" if self.gpus else f"{len(self.free)} CPU jobs"
-        return f"local: {where}, {self.threads} thread(s) per task"
+        return f"local: {where}, {self.threads} thread(s) per task, {'warm' if self.warm else 'cold'} starts"
 
     def has_capacity(self) -> bool:
         return bool(self.free)
@@ -83,7 +95,7 @@ class LocalExecutor:
         slot = self.free.pop(0)
         gpu = self.gpus[slot] if self.gpus and task.uses_gpu else None
         env = placement_env(self.threads, gpu)
-        future = self.pool.submit(run_logged, task.command(self.threads), env, str(log), attempt)
+        future = self.pool.submit(run_logged, task.command(self.threads), env, str(log), attempt, warm=self.warm)
         self.slot_of[future] = slot
         return future
 

@@ -51,6 +51,8 @@ def test_factored_features_are_the_dense_gradients(cnn_and_data):
     torch.testing.assert_close(featurizer.to_dense(feats), dense, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(feats.gram(feats), dense @ dense.T, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(feats.sq_norms(), dense.square().sum(1), rtol=1e-10, atol=1e-12)
+    vectors = torch.randn(3, dense.shape[1], dtype=torch.float64)  # any flat vectors (IF's s_test)
+    torch.testing.assert_close(featurizer.dot_flat(vectors, feats), vectors @ dense.T, rtol=1e-10, atol=1e-12)
     # Jacobian-vector rows: J_iᵀ w for each cotangent w, against autograd of w·f(x_i)
     w = cross_entropy_hessian_factor(fm.logits(fm.params, train.x[:2])).transpose(1, 2)
     jv = featurizer.to_dense(featurizer.jacobian_vector_grads(train.x[:2], w))
@@ -81,7 +83,10 @@ def test_linear_layers_on_sequences_stay_dense():
     featurizer = GradFeaturizer(fm, x)
     assert featurizer.factored == ["head"]
     feats = featurizer.loss_grads(x, y)
-    torch.testing.assert_close(featurizer.to_dense(feats), fm.per_sample_grads(x, y), rtol=1e-10, atol=1e-12)
+    dense = fm.per_sample_grads(x, y)
+    torch.testing.assert_close(featurizer.to_dense(feats), dense, rtol=1e-10, atol=1e-12)
+    vectors = torch.randn(2, dense.shape[1], dtype=torch.float64)
+    torch.testing.assert_close(featurizer.dot_flat(vectors, feats), vectors @ dense.T, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["all_linear", "no_linear_factor"])
@@ -93,7 +98,10 @@ def test_features_when_everything_or_nothing_is_factored(kind):
     x, y = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
     featurizer = GradFeaturizer(fm, x, factor_linear=kind == "all_linear")
     assert (featurizer.factored == ["0", "2"]) == (kind == "all_linear")
-    torch.testing.assert_close(featurizer.to_dense(featurizer.loss_grads(x, y, chunk=4)), fm.per_sample_grads(x, y))
+    feats, dense = featurizer.loss_grads(x, y, chunk=4), fm.per_sample_grads(x, y)
+    torch.testing.assert_close(featurizer.to_dense(feats), dense)
+    vectors = torch.randn(2, dense.shape[1], dtype=torch.float64)
+    torch.testing.assert_close(featurizer.dot_flat(vectors, feats), vectors @ dense.T)
     w = torch.randn(6, 2, 3, dtype=torch.float64)
     jv = featurizer.to_dense(featurizer.jacobian_vector_grads(x, w, chunk=4))
     for i in range(6):

@@ -19,8 +19,9 @@ def writer(tmp_path, name: str, deps=(), code: str = "") -> Task:
     return Task(name, name, ["-c", program], list(deps))
 
 
-def run(tasks, tmp_path, jobs=2, **kwargs):
-    executor = LocalExecutor([], jobs, cores=2)
+def run(tasks, tmp_path, jobs=2, cold=False, **kwargs):
+    executor = LocalExecutor([], jobs, cores=2, cold=cold)
+    assert executor.warm != cold
     try:
         return execute(tasks, executor, tmp_path / "logs", "toy", **kwargs)
     finally:
@@ -49,7 +50,8 @@ def test_a_flaky_task_is_retried_once(tmp_path):
     assert "attempt 1" in log and "RuntimeError: first try fails" in log and "attempt 2" in log
 
 
-def test_a_failing_task_is_retried_once_then_reported_and_the_run_stops(tmp_path):
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_a_failing_task_is_retried_once_then_reported_and_the_run_stops(tmp_path, cold):
     boom = "raise RuntimeError('injected failure')"
     tasks = [
         writer(tmp_path, "ok1"),
@@ -57,7 +59,7 @@ def test_a_failing_task_is_retried_once_then_reported_and_the_run_stops(tmp_path
         writer(tmp_path, "after_bad", ["bad"]),
         writer(tmp_path, "later", ["ok1"]),
     ]
-    report = run(tasks, tmp_path, jobs=1)
+    report = run(tasks, tmp_path, jobs=1, cold=cold)
     log = (tmp_path / "logs" / "bad.log").read_text()
     assert log.count("=== attempt") == 2 and "injected failure" in log
     assert list(report.failed) == ["bad"] and report.failed["bad"]["exit_status"] == 1
@@ -73,7 +75,7 @@ def test_a_failing_task_is_retried_once_then_reported_and_the_run_stops(tmp_path
     tasks[1] = writer(tmp_path, "bad")
     for t in tasks:
         t.done = (tmp_path / t.name).exists()
-    report = run(tasks, tmp_path, jobs=1)
+    report = run(tasks, tmp_path, jobs=1, cold=cold)
     assert report.ok and report.skipped == ["ok1"] and set(report.finished) == {"bad", "after_bad", "later"}
 
 
@@ -104,15 +106,18 @@ def test_slots_pin_gpus_and_share_cores():
     assert placement_env(1, None)["CUDA_VISIBLE_DEVICES"] == ""  # CPU tasks see no GPU
 
 
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
 @pytest.mark.parametrize("uses_gpu, expected", [(True, "1"), (False, "")])
-def test_each_task_sees_only_its_gpu(tmp_path, uses_gpu, expected):
+def test_each_task_sees_only_its_gpu(tmp_path, uses_gpu, expected, cold):
+    """Its environment, and (warm starts) torch's thread count although the forked-from process had its own."""
     show = (
-        "import os; print('CUDA=' + repr(os.environ['CUDA_VISIBLE_DEVICES']), 'OMP=' + os.environ['OMP_NUM_THREADS'])"
+        "import os, torch; print('CUDA=' + repr(os.environ['CUDA_VISIBLE_DEVICES']), "
+        "'OMP=' + os.environ['OMP_NUM_THREADS'], 'torch=' + str(torch.get_num_threads()))"
     )
-    executor = LocalExecutor(["1"], jobs=1, cores=4)
+    executor = LocalExecutor(["1"], jobs=1, cores=1, cold=cold)  # 1 thread: not torch's default here
     try:
         report = execute([Task("t", "t", ["-c", show], uses_gpu=uses_gpu)], executor, tmp_path, "toy")
     finally:
         executor.close()
     assert report.ok
-    assert f"CUDA={expected!r} OMP=4" in (tmp_path / "t.log").read_text()
+    assert f"CUDA={expected!r} OMP=1 torch=1" in (tmp_path / "t.log").read_text()

@@ -1,0 +1,86 @@
+"""Warm task starts: each task runs in its own process, forked from a server that has already imported torch.
+
+A fresh `python tda_cnn_scripts/gd.py ...` spends about 3.5 s importing torch, torchvision (which pulls in
+torch._dynamo) and the package, and the statistics steps about 5 s (scipy, pandas, seaborn). Over the 60-odd
+tasks of an experiment that is minutes. Here a multiprocessing "forkserver" imports them once; every task is
+then a fork of it that runs the step script as `python script.py` would (`runpy`, `__main__`, its argv), with
+its own environment, thread budget and log. Each task still has its own process, so a crash, a leak or a
+CUDA context stays with it. The server never touches CUDA or runs a torch op, so forking it is safe.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+
+# What every CNN step imports; the ViT steps import transformers and peft themselves (~5 s, small next to them).
+PRELOAD = (
+    "torch",
+    "torchvision",
+    "bayestda.methods.cli",
+    "bayestda.ensemble",
+    "bayestda.analysis",
+    "bayestda.stats_cli",
+    "bayestda.plots",
+)
+THREAD_VAR = "OMP_NUM_THREADS"
+
+
+def available() -> bool:
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def _context():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    return ctx
+
+
+def _redirect_output(log: str) -> None:
+    """stdout and stderr (Python's and the C library's) appended to `log`, unbuffered like PYTHONUNBUFFERED."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False), write_through=True)
+
+
+def _run_task(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
+    """In the forked process: what `python *argv` would do, with `env` added to the environment."""
+    _redirect_output(log)
+    os.environ.update(env)  # before anything reads them: CUDA_VISIBLE_DEVICES is read when CUDA starts
+    os.chdir(cwd)
+    import torch
+
+    if THREAD_VAR in env:  # the OpenMP runtime read the variable when the server loaded it: set it again
+        torch.set_num_threads(int(env[THREAD_VAR]))
+    try:
+        if argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            sys.argv = list(argv)
+            sys.path[0] = str(Path(argv[0]).resolve().parent)
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException:  # as the interpreter would: the traceback on stderr, exit status 1
+        traceback.print_exc()
+        raise SystemExit(1) from None
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def run_warm(argv: list[str], env: dict[str, str], log: str, cwd: str) -> int:
+    """Run `python *argv` as a fork of the preloaded server; returns its exit status (−N: killed by signal N)."""
+    process = _context().Process(target=_run_task, args=(argv, env, log, cwd), daemon=False)
+    process.start()
+    process.join()
+    return process.exitcode
