@@ -104,6 +104,46 @@ def correlation_matrix(res: Path, file: str) -> str:
     return _table(m.reset_index().rename(columns={"index": ""}), ".2f")
 
 
+def compare_experiments(out_root: Path, experiments: list[str], methods: list[str], k: int = 5) -> str:
+    """Claim (d) and the noise sources: per method, the noise of each experiment side by side.
+
+    For example cnn against cnn3 (a bigger model), or cnn-deinit (only the initialisation varies across seeds)
+    and cnn-debatch (only the batch order) against cnn (both). "mean σ²" is the mean over pairs of the variance
+    of τ across the posterior samples, so its ratios between posteriors say how much of it each source makes.
+    """
+    from .statistics import parse_experiment_name
+
+    rows, accuracy = [], []
+    for exp in experiments:
+        model, task, n = parse_experiment_name(exp)
+        res = results_dir(out_root, model, task, n)
+        if not (res / "summary.csv").is_file():
+            raise UserError(f"{res} has no summary.csv; run compute_pvalues.py for {exp} first")
+        metrics = [read_metrics(seed_model_dir(out_root, model, task, n, s)) for s in read_seeds()]
+        accs = [m["final_test_acc"] for m in metrics if m is not None]
+        accuracy.append({"experiment": exp, "seeds": len(accs), "mean test acc %": float(np.mean(accs))})
+        summary = pd.read_csv(res / "summary.csv")
+        summary = summary[summary.num_ckpts == k].set_index(["method", "p_type"])
+        for method in methods:
+            if (method, "t") not in summary.index:
+                continue
+            mu = pd.read_csv(res / "mu" / f"{method}_k{k}.csv", index_col=0).to_numpy()
+            sigma = pd.read_csv(res / "sigma" / f"{method}_k{k}.csv", index_col=0).to_numpy()
+            rows.append({"method": method, "experiment": exp,
+                         "mean p (paper)": summary.loc[(method, "paper"), "mean_p"],
+                         "mean p (t)": summary.loc[(method, "t"), "mean_p"],
+                         "σ > abs(μ)": summary.loc[(method, "t"), "frac_sigma_above_abs_mu"],
+                         "mean abs(μ)": float(np.abs(mu).mean()), "mean σ²": float(np.square(sigma).mean())})  # fmt: skip
+    if not rows:
+        raise UserError(f"none of {', '.join(methods)} has results in {', '.join(experiments)}")
+    frame = pd.DataFrame(rows).sort_values(["method"], kind="stable")
+    parts = [
+        f"Accuracy:\n\n{_table(pd.DataFrame(accuracy), '.2f')}",
+        f"Noise per method, {k} checkpoints per seed:\n\n{_table(frame, '.3g')}",
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
 def experiment_report(out_root: Path, model: str, task: str, n: int, methods: list[str], k: int = 5) -> str:
     """Every table, for those of `methods` that steps 3 and 4 covered."""
     res = results_dir(out_root, model, task, n)
