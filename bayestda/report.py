@@ -17,6 +17,7 @@ import torch
 from .checkpoints import read_metrics
 from .errors import UserError
 from .paths import read_seeds, results_dir, score_file, seed_model_dir
+from .statistics import parse_experiment_name
 
 
 def _table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -28,9 +29,14 @@ def _table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join(lines)
 
 
-def accuracy_and_training_time(out_root: Path, model: str, task: str, n: int) -> str:
+def _seed_metrics(out_root: Path, model: str, task: str, n: int) -> list[dict]:
+    """metrics.json of every trained seed of an experiment."""
     rows = [read_metrics(seed_model_dir(out_root, model, task, n, s)) for s in read_seeds()]
-    rows = [r for r in rows if r is not None]
+    return [r for r in rows if r is not None]
+
+
+def accuracy_and_training_time(out_root: Path, model: str, task: str, n: int) -> str:
+    rows = _seed_metrics(out_root, model, task, n)
     acc = np.array([r["final_test_acc"] for r in rows])
     secs = np.array([r["wall_time_s"] for r in rows])
     frame = pd.DataFrame([{"seeds": len(rows), "mean test acc %": acc.mean(), "std": acc.std(ddof=1) if len(acc) > 1 else 0.0,
@@ -111,16 +117,13 @@ def compare_experiments(out_root: Path, experiments: list[str], methods: list[st
     and cnn-debatch (only the batch order) against cnn (both). "mean σ²" is the mean over pairs of the variance
     of τ across the posterior samples, so its ratios between posteriors say how much of it each source makes.
     """
-    from .statistics import parse_experiment_name
-
     rows, accuracy = [], []
     for exp in experiments:
         model, task, n = parse_experiment_name(exp)
         res = results_dir(out_root, model, task, n)
         if not (res / "summary.csv").is_file():
             raise UserError(f"{res} has no summary.csv; run compute_pvalues.py for {exp} first")
-        metrics = [read_metrics(seed_model_dir(out_root, model, task, n, s)) for s in read_seeds()]
-        accs = [m["final_test_acc"] for m in metrics if m is not None]
+        accs = [m["final_test_acc"] for m in _seed_metrics(out_root, model, task, n)]
         accuracy.append({"experiment": exp, "seeds": len(accs), "mean test acc %": float(np.mean(accs))})
         summary = pd.read_csv(res / "summary.csv")
         summary = summary[summary.num_ckpts == k].set_index(["method", "p_type"])

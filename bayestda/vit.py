@@ -55,7 +55,7 @@ class ViTClassifier(nn.Module):
         self.image = image
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(pixel_values=self.image.normalise(self.image.resize(x))).logits
+        return self.net(pixel_values=self.image.prepare(x)).logits
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Exactly the trained tensors (LoRA and classifier): what a checkpoint holds."""

@@ -7,6 +7,7 @@ here once, so the CNN and ViT scripts cannot drift apart.
 from __future__ import annotations
 
 from ..cli import Parser, add_common_args, available_cores, resolve_device
+from ..func import CHUNK, HVP_CHUNK
 from ..paths import resolve_data_root, resolve_out_root, select_seeds
 from .influence import PAPER_LISSA
 from .loo import PROTOCOLS
@@ -16,7 +17,7 @@ from .runner import run_method
 LISSA_BATCH = {"cnn": 8, "vit": 32}
 # vmap chunks (`FunctionalModel`): samples per per-sample-gradient call, vectors per Hessian-vector product.
 # ViT-B/16 keeps ~100 MB of activations per 224×224 image, so its chunks are small.
-MEMORY = {"cnn": {"chunk": 128, "hvp_chunk": 25}, "vit": {"chunk": 16, "hvp_chunk": 1}}
+MEMORY = {"cnn": {"chunk": CHUNK, "hvp_chunk": HVP_CHUNK}, "vit": {"chunk": 16, "hvp_chunk": 1}}
 MODEL_HELP = {
     "cnn": "trained model to score: cnn, cnn3, or with a posterior suffix (cnn-deinit, ...)",
     "vit": "fine-tuned model to score: vit, or with a posterior suffix (vit-deinit, ...)",
@@ -97,11 +98,12 @@ def tda_main(doc: str, script: str, family: str = "cnn") -> None:
     p.add_argument("--model", default=family, help=MODEL_HELP[family])
     if add_flags:
         add_flags(p, family)
-    if script != "loo":
+    vmapped = script != "loo"  # every method but LOO runs through a FunctionalModel, whose chunks bound memory
+    if vmapped:
         _memory_flags(p, family)
     args = p.parse_args()
     method, options = method_and_options(args, p)
-    if script != "loo":
+    if vmapped:
         if args.chunk < 1 or args.hvp_chunk < 1:
             p.error("--chunk and --hvp_chunk must be at least 1")
         options = {**options, "chunk": args.chunk, "hvp_chunk": args.hvp_chunk}

@@ -25,10 +25,9 @@ from torch.func import vmap
 from tqdm.auto import tqdm
 
 from ..data import Subset
-from ..func import FunctionalModel, cross_entropy_hessian_factor
+from ..func import HVP_CHUNK, FunctionalModel, cross_entropy_hessian_factor
 from .features import GradFeaturizer
 
-HVP_CHUNK = 25  # vectors per vmapped HVP: 0.82 s per LiSSA step at 25, 0.98 s at 50, 1.17 s at 150 (BENCHMARKS.md)
 PAPER_LISSA = {"damping": 5e-3, "scale": 1e4, "batch_size": 8, "passes": 1, "repeats": 1}
 
 
