@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..cli import Parser, add_common_args, available_cores, resolve_device
 from ..func import CHUNK, HVP_CHUNK
 from ..paths import resolve_data_root, resolve_out_root, select_seeds
-from .influence import PAPER_LISSA
+from .influence import CG_DAMPING, GGN_DAMPING, PAPER_LISSA
 from .loo import PROTOCOLS
 from .runner import run_method
 
@@ -26,7 +26,13 @@ MODEL_HELP = {
 
 def _if_flags(p: Parser, family: str) -> None:
     p.add_argument("--solver", default="paper", choices=["paper", "ggn", "cg"], help="how H^-1 is applied")
-    p.add_argument("--damping", type=float, default=0.01, help="lambda in (H + lambda I) for ggn and cg")
+    p.add_argument(
+        "--damping",
+        type=float,
+        default=None,
+        help="lambda in (H + lambda I): ggn default 0.01; cg default 50, the fixed point of the paper's LiSSA "
+        "(CG needs H + lambda I positive definite, and trained CNNs' Hessians reach about -2)",
+    )
     p.add_argument("--tol", type=float, default=1e-6, help="cg: relative residual to stop at")
     p.add_argument("--max_iter", type=int, default=1000, help="cg: iteration limit")
     p.add_argument(
@@ -41,6 +47,8 @@ def _if_flags(p: Parser, family: str) -> None:
 
 
 def _if_method(args, p: Parser) -> tuple[str, dict]:
+    if args.damping is None:
+        args.damping = CG_DAMPING if args.solver == "cg" else GGN_DAMPING
     if args.damping <= 0:
         p.error("--damping must be positive")
     if args.lissa_batch_size < 1:

@@ -83,10 +83,15 @@ def per_checkpoint(samples: SeedSamples, device, dtype, score_fn, desc: str, mem
     `memory` sets the FunctionalModel's vmap chunks (`chunk`, `hvp_chunk`)."""
     train, test = _on(samples.train, device, dtype), _on(samples.test, device, dtype)
     scores, diags = [], []
-    for model in tqdm(
-        samples.models(device, dtype), total=len(samples.checkpoints), desc=desc, unit="ckpt", leave=False
+    for epoch, model in zip(
+        samples.epochs,
+        tqdm(samples.models(device, dtype), total=len(samples.checkpoints), desc=desc, unit="ckpt", leave=False),
+        strict=True,
     ):
-        s, d = score_fn(FunctionalModel(model, **memory), train, test)
+        try:
+            s, d = score_fn(FunctionalModel(model, **memory), train, test)
+        except UserError as exc:
+            raise UserError(f"{desc} seed {samples.seed}, checkpoint of epoch {epoch}: {exc}") from None
         scores.append(s.detach().float().cpu())
         diags.append(d)
     return torch.stack(scores), diags

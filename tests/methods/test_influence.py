@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from bayestda.data import Subset
+from bayestda.errors import UserError
 from bayestda.func import FunctionalModel
 from bayestda.methods import influence
 
@@ -118,6 +119,29 @@ def test_paper_lissa_diagnostics_on_the_paper_setting(case):
     )
     assert min(diag["rel_distance_to_fixed_point_on_probes"]) > 0.5  # nowhere near (H + 50 I)⁻¹ v
     assert diag["steps_for_1pct_of_fixed_point_in_flat_directions"] == 919
+
+
+def test_lanczos_extremes_bound_and_reach_the_explicit_spectrum(case):
+    hess = explicit_hessian(case.model, case.train)
+    eig = torch.linalg.eigvalsh(hess)
+    hvp = FunctionalModel(case.model).hvp_fn(case.train.x, case.train.y)
+    start = torch.randn(len(hess), generator=torch.Generator().manual_seed(0), dtype=hess.dtype)
+    lo, hi = influence.lanczos_extremes(hvp, start, steps=30)
+    assert eig[0] - 1e-9 <= lo <= eig[-1] and eig[0] <= hi <= eig[-1] + 1e-9  # Ritz values lie inside the spectrum
+    assert hi == pytest.approx(eig[-1].item(), rel=1e-6)  # the extremes converge first
+    lo, hi = influence.lanczos_extremes(lambda v: hess @ v, start, steps=len(hess))  # the whole Krylov space
+    assert (lo, hi) == pytest.approx((eig[0].item(), eig[-1].item()), rel=1e-6, abs=1e-9)  # ViT: float32 softmax
+
+
+def test_cg_refuses_an_indefinite_damped_hessian(case):
+    """Below λ_min(H), CG meets negative curvature: no scores, and the message gives the Lanczos estimate."""
+    eig = torch.linalg.eigvalsh(explicit_hessian(case.model, case.train))
+    assert eig[0] < 0  # trained nets have indefinite Hessians
+    fm = FunctionalModel(case.model)
+    with pytest.raises(UserError, match=r"negative curvature.*smallest eigenvalue at or below -.*--damping above"):
+        influence.if_cg(fm, case.train, case.test, damping=-eig[0].item() / 100, tol=1e-10, max_iter=500)
+    with pytest.raises(UserError, match=r"residual is still .* after 2 iterations.*--max_iter"):
+        influence.if_cg(fm, case.train, case.test, damping=1.0, tol=1e-10, max_iter=2)
 
 
 def test_cg_reports_negative_curvature():

@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
+from bayestda.cli import Parser
 from bayestda.data import read_indices
+from bayestda.methods.cli import _if_flags, _if_method
 from bayestda.paths import REPO_ROOT, score_file
 
 COMMON = ["--task", "mnist3", "--num_per_class", "10", "--device", "cpu"]
@@ -94,3 +96,23 @@ def test_untrained_seed_and_unknown_model_are_one_line_errors(scored, data_root)
 def test_help(run_script, script):
     proc = run_script(f"tda_cnn_scripts/{script}", "--help")
     assert proc.returncode == 0 and "--seed_id" in proc.stdout and "--model" in proc.stdout
+
+
+def test_if_cg_refuses_an_indefinite_system_in_one_line(scored, data_root):
+    """λ = 0.01 is below -λ_min(H) of a trained CNN: a one-line error with the Lanczos estimate, no score file."""
+    out, _ = scored
+    proc = run("tda_cnn_scripts/if.py", *COMMON, "--solver", "cg", "--damping", "0.01", "--seed_id", "0",
+               "--out_root", str(out), data_root=data_root)  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "seed 0, checkpoint of epoch 2" in message and "negative curvature" in message, message
+    assert "--damping above" in message and "--solver ggn" in message
+    assert not score_file(out, "cnn", "if-cg", "mnist3", 10, 0).exists()
+
+
+def test_if_cg_defaults_to_the_paper_lissa_fixed_point():
+    p = Parser("if")
+    _if_flags(p, "cnn")
+    assert _if_method(p.parse_args(["--solver", "cg"]), p)[1]["damping"] == 50.0
+    assert _if_method(p.parse_args(["--solver", "ggn"]), p)[1]["damping"] == 0.01
+    assert _if_method(p.parse_args(["--solver", "cg", "--damping", "3"]), p)[1]["damping"] == 3.0
