@@ -32,6 +32,7 @@ from bayestda.data import load_subset
 from bayestda.ensemble import EnsembleSpec, train_ensemble
 from bayestda.func import FunctionalModel
 from bayestda.methods.cli import MEMORY
+from bayestda.methods.influence import CG_DAMPING, GGN_DAMPING, PAPER_LISSA
 from bayestda.methods.runner import run_method
 from bayestda.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
 
@@ -131,10 +132,9 @@ def main():
         memory = {"chunk": args.chunk, "hvp_chunk": args.hvp_chunk}
         options = {
             "gd": {}, "gc": {}, "ats": {},
-            "if-paper": {"dtype": "float32", "diagnostics": False,
-                         "lissa": {"damping": 5e-3, "scale": 1e4, "batch_size": 32, "passes": 1, "repeats": 1}},
-            "if-ggn": {"dtype": "float32", "damping": 0.01},
-            "if-cg": {"dtype": "float32", "damping": 0.01, "tol": 1e-6, "max_iter": 100},
+            "if-paper": {"dtype": "float32", "diagnostics": False, "lissa": {**PAPER_LISSA, "batch_size": 32}},
+            "if-ggn": {"dtype": "float32", "damping": GGN_DAMPING},
+            "if-cg": {"dtype": "float32", "damping": CG_DAMPING, "tol": 1e-5, "max_iter": 100},  # float32: 1e-5
         }  # fmt: skip
         pairs = 5 * len(train) * len(test)
         timings = {}
