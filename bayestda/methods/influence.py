@@ -13,7 +13,7 @@
   Woodbury gives (G + λI)⁻¹ = (I − U (λI + UᵀU)⁻¹ Uᵀ)/λ, which needs only an (n·C)×(n·C) solve.
 - `cg`: conjugate gradients on true Hessian–vector products of the full training loss, solving
   (H + λI) x_j = ∇L(z_j) for every training sample to a relative tolerance. CG needs H + λI positive
-  definite, and trained CNNs' Hessians are not: Lanczos puts their smallest eigenvalue near −1 to −2
+  definite, and trained CNNs' Hessians are not: Lanczos puts their smallest eigenvalue at −1 to −3
   (MNIST3), so λ = 0.01 meets negative curvature within a few steps. An unsolved system is an error
   (the message gives the Lanczos estimate); the command line's default λ is 50, the fixed point of the
   paper's LiSSA. It is for checks and small cases.
@@ -227,6 +227,6 @@ def if_cg(fm: FunctionalModel, train: Subset, test: Subset, damping: float, tol:
         raise UserError(
             f"cg did not solve (H + {damping:g} I) x = grad L(z_j): {cause}; Lanczos puts the Hessian's smallest "
             f"eigenvalue at or below {lo:.3g} (largest {hi:.3g}). Use --damping above {max(-lo, 0):.3g} "
-            f"(50 = the paper LiSSA's fixed point), a larger --max_iter, or --solver ggn"
+            f"({CG_DAMPING:g} = the paper LiSSA's fixed point), a larger --max_iter, or --solver ggn"
         )
     return -_test_gram(fm, x, test), info
