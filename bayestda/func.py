@@ -31,9 +31,10 @@ def flatten(tensors: Params | list[torch.Tensor], batch_dims: int = 0) -> torch.
 
 
 def unflatten(vec: torch.Tensor, like: Params) -> Params:
+    """The inverse of `flatten`: vec [..., P] cut into [..., *param.shape] pieces (views where possible)."""
     out, start = {}, 0
     for k, t in like.items():
-        out[k] = vec[start : start + t.numel()].view_as(t)
+        out[k] = vec[..., start : start + t.numel()].reshape(*vec.shape[:-1], *t.shape)
         start += t.numel()
     return out
 

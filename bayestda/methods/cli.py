@@ -30,8 +30,8 @@ def _if_flags(p: Parser, family: str) -> None:
         "--damping",
         type=float,
         default=None,
-        help="lambda in (H + lambda I): ggn default 0.01; cg default 50, the fixed point of the paper's LiSSA "
-        "(CG needs H + lambda I positive definite, and trained CNNs' Hessians reach -1 to -3)",
+        help=f"lambda in (H + lambda I): ggn default {GGN_DAMPING:g}; cg default {CG_DAMPING:g}, the fixed point of "
+        "the paper's LiSSA (CG needs H + lambda I positive definite, and trained CNNs' Hessians reach -1 to -3)",
     )
     p.add_argument("--tol", type=float, default=1e-6, help="cg: relative residual to stop at")
     p.add_argument("--max_iter", type=int, default=1000, help="cg: iteration limit")

@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import grad, vmap
 from torch.nn import functional as F
 
-from ..func import FunctionalModel, flatten
+from ..func import FunctionalModel, flatten, unflatten
 
 
 @dataclass
@@ -163,18 +163,14 @@ class GradFeaturizer:
         For a factored layer, vᵀ(δ ⊗ a) = δᵀ V a with V the layer's slice of v as an [out, in+1]
         matrix: one matrix product over all K·out rows, no per-sample gradient is materialised.
         """
-        slices, start = {}, 0
-        for k, t in self.fm.params.items():
-            slices[k] = (start, start + t.numel())
-            start += t.numel()
-        cols = [vectors[:, slice(*slices[k])] for k in self.dense_names]
-        out = (torch.cat(cols, 1) if cols else vectors[:, :0]) @ feats.dense.T
-        modules = dict(self.fm.model.named_modules())
+        parts = unflatten(vectors, self.fm.params)  # [K, *shape] per parameter
+        dense = flatten([parts[k] for k in self.dense_names], batch_dims=1) if self.dense_names else vectors[:, :0]
+        out = dense @ feats.dense.T
         for name, (d, a) in zip(self.factored, feats.factors, strict=True):
-            n_out = modules[name].out_features
-            v = vectors[:, slice(*slices[f"{name}.weight"])].reshape(len(vectors), n_out, -1)
-            if modules[name].bias is not None:
-                v = torch.cat([v, vectors[:, slice(*slices[f"{name}.bias"])][:, :, None]], 2)
+            v = parts[f"{name}.weight"]  # [K, out, in]
+            if f"{name}.bias" in parts:
+                v = torch.cat([v, parts[f"{name}.bias"][:, :, None]], 2)
+            n_out = v.shape[1]
             va = (v.reshape(-1, v.shape[2]) @ a.T).view(len(vectors), n_out, -1)  # [K, out, N]
             out += (va * d.T[None]).sum(1)
         return out
