@@ -2,7 +2,7 @@
 """Print the REPRODUCTION.md tables of a finished experiment (steps 1-4 done), read from its artifacts.
 
 Accuracy and training time from metrics.json, compute time from the score files, claims (a), (b), (c) and (e)
-from results/<experiment>/. With --compare, the noise of several experiments side by side, per method: claim (d)
+from results/<experiment>/; the dataset's labels (from --data_root) say which pairs are stable in (b). With --compare, the noise of several experiments side by side, per method: claim (d)
 (a bigger model) and the split of the noise between initialisation and batch order.
 
 Examples:
@@ -12,7 +12,8 @@ Examples:
 """
 
 from bayestda.cli import Parser, run
-from bayestda.paths import resolve_out_root
+from bayestda.data import load_split
+from bayestda.paths import DATA_ROOT_ENV, resolve_data_root, resolve_out_root
 from bayestda.report import compare_experiments, experiment_report
 from bayestda.scores import METHODS
 from bayestda.statistics import parse_experiment_name
@@ -26,6 +27,8 @@ def main():
     p.add_argument("--methods", default=",".join(METHODS), help="methods to report (those with score files)")
     p.add_argument("--num_ckpts", type=int, default=5, help="checkpoints per seed for (a), (b) and --compare")
     p.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/; default: the repository")
+    p.add_argument("--data_root", default=None,
+                   help=f"folder holding MNIST/raw and cifar-10-batches-py (for the labels in (b)); default ${DATA_ROOT_ENV}, else ./data")  # fmt: skip
     args = p.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     out_root = resolve_out_root(args.out_root)
@@ -33,7 +36,9 @@ def main():
         print(compare_experiments(out_root, args.compare, methods, args.num_ckpts))
         return
     model, task, n = parse_experiment_name(args.experiment)
-    print(experiment_report(out_root, model, task, n, methods, args.num_ckpts))
+    data_root = resolve_data_root(args.data_root)
+    labels = load_split(task, True, data_root)[1], load_split(task, False, data_root)[1]
+    print(experiment_report(out_root, model, task, n, methods, args.num_ckpts, labels))
 
 
 if __name__ == "__main__":

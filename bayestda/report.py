@@ -17,6 +17,7 @@ import torch
 from .checkpoints import read_metrics
 from .errors import UserError
 from .paths import read_seeds, results_dir, score_file, seed_model_dir
+from .scores import HELPS_SIGN, method_family
 from .statistics import parse_experiment_name
 
 
@@ -94,6 +95,51 @@ def stable_pairs(res: Path, method: str, k: int, top: int = 5) -> str:
     return head + _table(pd.DataFrame(rows), ".3g")
 
 
+def _class_counts(classes: np.ndarray, top: int = 3) -> str:
+    """The most frequent classes, e.g. `1×211, 2×24, 0×1`."""
+    values, counts = np.unique(classes, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return ", ".join(f"{values[i]}×{counts[i]}" for i in order)
+
+
+def stable_pair_profile(res: Path, method: str, k: int, train_labels: np.ndarray, test_labels: np.ndarray,
+                        top: int = 5) -> str:  # fmt: skip
+    """Claim (b), "which are they": the FDR-stable pairs set against all pairs.
+
+    Per set: how many pairs are same-class, how many say "z_j helps z" (sign-aligned μ > 0), how many distinct
+    training and test images they touch, what share of the pairs the top 10% of training images carry, and
+    the median abs(μ). Then the training images with the most stable pairs, and the classes of their test partners. `*_labels` are the labels of the
+    whole torchvision splits, indexed by dataset index (the row and column names of the result tables).
+    """
+    p = pd.read_csv(res / "pvalues" / f"{method}_k{k}_t_fdr.csv", index_col=0)
+    mu = pd.read_csv(res / "mu" / f"{method}_k{k}.csv", index_col=0)
+    train_idx, test_idx = p.index.to_numpy(int), p.columns.to_numpy(int)
+    row_class, col_class = train_labels[train_idx], test_labels[test_idx]
+    same = row_class[:, None] == col_class[None, :]
+    helps = HELPS_SIGN[method_family(method)] * mu.to_numpy() > 0
+    stable = p.to_numpy() < 0.05
+
+    def profile(name: str, mask: np.ndarray) -> dict:
+        per_train = np.sort(mask.sum(1))[::-1]
+        n_top = max(1, round(0.1 * len(train_idx)))
+        return {"pairs": name, "count": int(mask.sum()), "same class": same[mask].mean(), "z_j helps": helps[mask].mean(),
+                "train images": int((per_train > 0).sum()), "test images": int(mask.any(0).sum()),
+                "top-10% train images' share": per_train[:n_top].sum() / max(1, mask.sum()),
+                "median abs(μ)": float(np.median(np.abs(mu.to_numpy()[mask]))) if mask.any() else float("nan")}  # fmt: skip
+
+    frame = pd.DataFrame([profile("FDR < 0.05", stable), profile("all", np.ones_like(stable))])
+    per_train = stable.sum(1)
+    order = np.argsort(-per_train, kind="stable")[:top]
+    leaders = pd.DataFrame([{"train idx": int(train_idx[i]), "class": int(row_class[i]), "stable pairs": int(per_train[i]),
+                             "same class": int((stable[i] & same[i]).sum()), "z_j helps": int((stable[i] & helps[i]).sum()),
+                             "test classes": _class_counts(col_class[stable[i]])}
+                            for i in order if per_train[i] > 0])  # fmt: skip
+    text = _table(frame, ".3g")
+    if len(leaders):
+        text += "\n\nTraining images with the most stable pairs:\n\n" + _table(leaders)
+    return text
+
+
 def agreement(res: Path) -> str:
     """Claim (c): mean pairwise Spearman correlation between methods, of μ (aligned signs), σ and p."""
     rows = []
@@ -147,8 +193,19 @@ def compare_experiments(out_root: Path, experiments: list[str], methods: list[st
     return "\n\n".join(parts) + "\n"
 
 
-def experiment_report(out_root: Path, model: str, task: str, n: int, methods: list[str], k: int = 5) -> str:
-    """Every table, for those of `methods` that steps 3 and 4 covered."""
+def _stable_pairs_section(res: Path, method: str, k: int, labels: tuple[np.ndarray, np.ndarray] | None) -> str:
+    text = f"`{method}`: " + stable_pairs(res, method, k)
+    if labels is not None:
+        text += "\n\nWho the stable pairs are:\n\n" + stable_pair_profile(res, method, k, *labels)
+    return text
+
+
+def experiment_report(out_root: Path, model: str, task: str, n: int, methods: list[str], k: int = 5,
+                      labels: tuple[np.ndarray, np.ndarray] | None = None) -> str:  # fmt: skip
+    """Every table, for those of `methods` that steps 3 and 4 covered.
+
+    `labels` (train and test labels of the whole splits) add the profile of the stable LOO pairs to (b).
+    """
     res = results_dir(out_root, model, task, n)
     if not (res / "summary.csv").is_file():
         raise UserError(f"{res} has no summary.csv; run compute_pvalues.py and compute_correlations.py first")
@@ -161,7 +218,7 @@ def experiment_report(out_root: Path, model: str, task: str, n: int, methods: li
         "Compute time of each method:\n\n" + compute_time(out_root, model, task, n, methods),
         f"(a) Noise, {k} checkpoints × all seeds per pair:\n\n" + noise_summary(res, k),
         "(b) Stable pairs, LOO:\n\n"
-        + "\n\n".join(f"`{m}`: " + stable_pairs(res, m, k) for m in methods if m.startswith("loo")),
+        + "\n\n".join(_stable_pairs_section(res, m, k, labels) for m in methods if m.startswith("loo")),
         "(c) Agreement between methods:\n\n" + agreement(res),
         "Spearman correlation of μ (signs aligned to 'helps'):\n\n" + correlation_matrix(res, "spearman_mu_aligned"),
         "Spearman correlation of σ:\n\n" + correlation_matrix(res, "spearman_sigma_raw"),

@@ -185,6 +185,7 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
     row = summary[(summary.method == "loo-scratch") & (summary.num_ckpts == 2) & (summary.p_type == "t")].iloc[0]
     assert f"| loo-scratch | {row.frac_sigma_above_abs_mu:.3f} |" in report
     assert "`loo-scratch`: " in report and "have FDR-adjusted p < 0.05" in report
+    assert "Who the stable pairs are" in report and "| all | 27000 |" in report  # 30 train x 900 test images
     # --compare (claim (d), noise sources): the same numbers, plus mean abs(μ) and mean σ² from the μ, σ tables
     proc = sh(["report_experiment.py", "--compare", "cnn_mnist3_10pc", "--num_ckpts", "2", "--methods", "loo-scratch",
                "--out_root", str(by_runner)], data_root)  # fmt: skip
