@@ -161,7 +161,8 @@ def compare_experiments(out_root: Path, experiments: list[str], methods: list[st
 
     For example cnn against cnn3 (a bigger model), or cnn-deinit (only the initialisation varies across seeds)
     and cnn-debatch (only the batch order) against cnn (both). "mean σ²" is the mean over pairs of the variance
-    of τ across the posterior samples, so its ratios between posteriors say how much of it each source makes.
+    of τ across the posterior samples, so its ratio to the first experiment's ("σ² ÷ first") says how much of it
+    each source makes.
     """
     rows, accuracy = [], []
     for exp in experiments:
@@ -186,6 +187,9 @@ def compare_experiments(out_root: Path, experiments: list[str], methods: list[st
     if not rows:
         raise UserError(f"none of {', '.join(methods)} has results in {', '.join(experiments)}")
     frame = pd.DataFrame(rows).sort_values(["method"], kind="stable")
+    # Each method's σ² relative to its first experiment: e.g. how much of the ensemble's variance is left when
+    # only the initialisation (de-init) or only the batch order (de-batch) varies.
+    frame["σ² ÷ first"] = frame["mean σ²"] / frame.groupby("method", sort=False)["mean σ²"].transform("first")
     parts = [
         f"Accuracy:\n\n{_table(pd.DataFrame(accuracy), '.2f')}",
         f"Noise per method, {k} checkpoints per seed:\n\n{_table(frame, '.3g')}",

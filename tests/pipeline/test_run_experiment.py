@@ -194,7 +194,7 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
     sigma = pd.read_csv(by_runner / "results/cnn_mnist3_10pc/sigma/loo-scratch_k2.csv", index_col=0).to_numpy()
     paper = summary[(summary.method == "loo-scratch") & (summary.num_ckpts == 2) & (summary.p_type == "paper")].iloc[0]
     assert (f"| loo-scratch | cnn_mnist3_10pc | {paper.mean_p:.3g} | {row.mean_p:.3g} | "
-            f"{row.frac_sigma_above_abs_mu:.3g} | {abs(mu).mean():.3g} | {(sigma**2).mean():.3g} |") in proc.stdout  # fmt: skip
+            f"{row.frac_sigma_above_abs_mu:.3g} | {abs(mu).mean():.3g} | {(sigma**2).mean():.3g} | 1 |") in proc.stdout  # fmt: skip
     assert f"| cnn_mnist3_10pc | 2 | {sum(accs) / 2:.2f} |" in proc.stdout
     bad = sh(["report_experiment.py", "--experiment", "cnn_mnist3_30pc", "--out_root", str(by_runner)], data_root)
     assert bad.returncode == 2 and "no summary.csv" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
