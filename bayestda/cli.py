@@ -50,7 +50,26 @@ def available_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+ALLOW_TF32_ENV = "BAYESTDA_ALLOW_TF32"
+
+
+def set_fp32_precision() -> str:
+    """IEEE float32 for cuDNN convolutions and CUDA matmuls, unless `$BAYESTDA_ALLOW_TF32=1`; returns which.
+
+    torch lets cuDNN convolutions use TF32 (a 10-bit mantissa, ~1e-3 relative error) on Ampere and newer
+    GPUs by default. A LOO difference at 50 per class is ~1e-5 of the loss and CG solves to 1e-6, so TF32
+    would swamp them, and GPU scores would not match CPU ones. The CPU computes in IEEE float32 anyway.
+    """
+    precision = "tf32" if os.environ.get(ALLOW_TF32_ENV, "") == "1" else "ieee"
+    # The root flag does not override a child flag that was set before, so set each one.
+    for flags in (torch.backends, torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul):
+        flags.fp32_precision = precision
+    return precision
+
+
 def resolve_device(name: str) -> torch.device:
+    """The `--device` flag as a torch device; also fixes the float32 precision (`set_fp32_precision`)."""
+    set_fp32_precision()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -167,6 +167,7 @@ def run_method(method: str, model: str, task: str, num_per_class: int, seeds: li
         ckpt_cfg = {k: v for k, v in samples.configs[0].items() if k != "epoch"}
         config = {
             "method": method, "options": options, "checkpoint_config": ckpt_cfg, "device": str(device),
+            "fp32_precision": torch.backends.cudnn.conv.fp32_precision,  # TF32 or IEEE convs on a GPU
             "wall_time_s": round(time.perf_counter() - start, 3), "diagnostics": diagnostics,
             "versions": {"bayestda": __version__, "torch": str(torch.__version__)},
         }  # fmt: skip

@@ -1,0 +1,38 @@
+"""bayestda.cli: every step computes in IEEE float32 unless TF32 is asked for."""
+
+import pytest
+import torch
+
+from bayestda.cli import ALLOW_TF32_ENV, resolve_device
+
+
+@pytest.fixture
+def restore_precision():
+    flags = torch.backends, torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul
+    saved = [f.fp32_precision for f in flags]
+    yield
+    for f, value in zip(flags, saved, strict=True):
+        f.fp32_precision = value
+
+
+def test_resolve_device_turns_tf32_off_unless_asked(monkeypatch, restore_precision):
+    monkeypatch.delenv(ALLOW_TF32_ENV, raising=False)
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # torch's own default for cuDNN convolutions
+    resolve_device("cpu")
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
+    monkeypatch.setenv(ALLOW_TF32_ENV, "1")
+    resolve_device("cpu")
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("tf32", "tf32")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_convolutions_match_float64(monkeypatch, restore_precision):
+    """On a GPU, a 5x5 convolution over 64 channels is within IEEE float32 error of a float64 CPU reference
+    (TF32 would be ~1e-3 off on Ampere and newer)."""
+    monkeypatch.delenv(ALLOW_TF32_ENV, raising=False)
+    device = resolve_device("cuda")
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(8, 64, 32, 32, generator=gen), torch.randn(64, 64, 5, 5, generator=gen)
+    ref = torch.nn.functional.conv2d(x.double(), w.double())
+    got = torch.nn.functional.conv2d(x.to(device), w.to(device)).cpu().double()
+    assert ((got - ref).norm() / ref.norm()).item() < 1e-5
