@@ -31,15 +31,31 @@ def save(fig, stem: Path) -> list[Path]:
 
 
 def mu_sigma_scatter(mu: np.ndarray, sigma: np.ndarray, method: str, stem: Path) -> list[Path]:
-    """σ against μ over all pairs; points above the σ = |μ| lines are noise-dominated."""
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.scatter(mu.ravel(), sigma.ravel(), s=2, alpha=0.3, linewidths=0, rasterized=True)
+    """σ against μ over all pairs; points above the σ = |μ| lines are noise-dominated.
+
+    Left, linear axes (the paper's view), where the few large pairs set the scale. Right, |μ| against σ on
+    log axes, where the bulk of the pairs is visible too (zeros are drawn at the smallest positive value).
+    """
+    mu, sigma = mu.ravel(), sigma.ravel()
+    fig, (lin, log) = plt.subplots(1, 2, figsize=(9, 4))
+    lin.scatter(mu, sigma, s=2, alpha=0.3, linewidths=0, rasterized=True)
     lim = max(np.abs(mu).max(), sigma.max()) * 1.05 or 1.0
     grid = np.linspace(-lim, lim, 3)
-    ax.plot(grid, np.abs(grid), "k--", lw=1, label="σ = |μ|")
-    frac = (sigma > np.abs(mu)).mean()
-    ax.set(xlabel="μ (mean τ)", ylabel="σ (std of τ)", title=f"{label(method)}: σ > |μ| for {frac:.0%} of pairs")
-    ax.legend(loc="upper left")
+    lin.plot(grid, np.abs(grid), "k--", lw=1, label="σ = |μ|")
+    lin.set(xlabel="μ (mean τ)", ylabel="σ (std of τ)")
+    lin.legend(loc="upper left")
+    abs_mu = np.abs(mu)
+    positive = np.concatenate([abs_mu[abs_mu > 0], sigma[sigma > 0]])
+    floor = positive.min() if positive.size else 1.0
+    x, y = np.maximum(abs_mu, floor), np.maximum(sigma, floor)
+    log.scatter(x, y, s=2, alpha=0.2, linewidths=0, rasterized=True)
+    ends = [floor, max(x.max(), y.max())]
+    log.plot(ends, ends, "k--", lw=1, label="σ = |μ|")
+    log.set(xscale="log", yscale="log", xlabel="|μ|", ylabel="σ")
+    log.legend(loc="upper left")
+    frac = (sigma > abs_mu).mean()
+    fig.suptitle(f"{label(method)}: σ > |μ| for {frac:.0%} of pairs")
+    fig.tight_layout()
     return save(fig, stem)
 
 
