@@ -75,6 +75,31 @@ def noise_summary(res: Path, k: int) -> str:
     return _table(frame)
 
 
+LOSS_RESOLUTION = 1e-6  # float32 rounds a test loss below ~1e-7 to steps of 1.2e-7 (`training.per_sample_losses`)
+
+
+def tau_resolution(out_root: Path, model: str, task: str, n: int, res: Path, methods: list[str], k: int) -> str:
+    """For the methods whose τ is a change of test loss (LOO, ATS): how many τ are 0 or below 1e-6, where a
+    float32 loss is coarse, and whether claim (a) holds on the pairs above that (abs(μ) > 1e-6) too."""
+    rows = []
+    for method in methods:
+        if method_family(method) not in ("loo", "ats"):
+            continue
+        files = [score_file(out_root, model, method, task, n, s) for s in read_seeds()]
+        records = [torch.load(f, weights_only=False) for f in files if f.is_file()]
+        tau = np.stack([r["scores"].numpy() for r in records])
+        loss_dtypes = {r["config"]["options"].get("loss_dtype", "float32") for r in records}
+        mu = pd.read_csv(res / "mu" / f"{method}_k{k}.csv", index_col=0).to_numpy()
+        sigma = pd.read_csv(res / "sigma" / f"{method}_k{k}.csv", index_col=0).to_numpy()
+        resolved = np.abs(mu) > LOSS_RESOLUTION
+        noisy = sigma > np.abs(mu)
+        rows.append({"method": method, "test loss dtype": "/".join(sorted(loss_dtypes)), "τ = 0": float(np.mean(tau == 0)),
+                     "abs(τ) < 1e-6": float(np.mean(np.abs(tau) < LOSS_RESOLUTION)),
+                     "pairs with abs(μ) > 1e-6": float(resolved.mean()), "σ > abs(μ), all": float(noisy.mean()),
+                     "σ > abs(μ), abs(μ) > 1e-6": float(noisy[resolved].mean()) if resolved.any() else float("nan")})  # fmt: skip
+    return _table(pd.DataFrame(rows)) if rows else "(no LOO or ATS scores)"
+
+
 def mean_p_by_checkpoints(res: Path) -> str:
     """Claim (e): mean p-value (the paper's test) as more checkpoints per seed are pooled."""
     return _table(pd.read_csv(res / "mean_p_values.csv"))
@@ -221,6 +246,8 @@ def experiment_report(out_root: Path, model: str, task: str, n: int, methods: li
         + accuracy_and_training_time(out_root, model, task, n),
         "Compute time of each method:\n\n" + compute_time(out_root, model, task, n, methods),
         f"(a) Noise, {k} checkpoints × all seeds per pair:\n\n" + noise_summary(res, k),
+        "Resolution of τ (a float32 test loss is coarse below 1e-6; `--loss_dtype float64` resolves it):\n\n"
+        + tau_resolution(out_root, model, task, n, res, methods, k),
         "(b) Stable pairs, LOO:\n\n"
         + "\n\n".join(_stable_pairs_section(res, m, k, labels) for m in methods if m.startswith("loo")),
         "(c) Agreement between methods:\n\n" + agreement(res),

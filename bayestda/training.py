@@ -189,9 +189,14 @@ EVAL_CHUNK = {"cpu": 32, "cuda": 256}
 
 @torch.no_grad()
 def per_sample_losses(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None, loss_dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-sample cross-entropy, predicted class) in eval mode, `chunk` samples at a time (`EVAL_CHUNK`)."""
+    """(per-sample cross-entropy, predicted class) in eval mode, `chunk` samples at a time (`EVAL_CHUNK`).
+
+    `loss_dtype` (default: the logits' own) is the dtype the cross-entropy is taken in. In float32 a loss
+    below ~1e-7 (a confident, correct prediction) rounds to a multiple of 1.2e-7 or to 0, since
+    log(1 + ε) is computed from 1 + ε. float64 from the same float32 logits resolves it.
+    """
     model.eval()
     device = next(model.parameters()).device
     chunk = chunk or EVAL_CHUNK.get(device.type, 128)
@@ -199,12 +204,12 @@ def per_sample_losses(
     losses, preds = [], []
     for xb, yb in zip(x.split(chunk), y.to(device).split(chunk), strict=True):
         logits = model(xb)
-        losses.append(F.cross_entropy(logits, yb, reduction="none"))
+        losses.append(F.cross_entropy(logits.to(loss_dtype or logits.dtype), yb, reduction="none"))
         preds.append(logits.argmax(1))
     return torch.cat(losses), torch.cat(preds)
 
 
-def evaluate(model: nn.Module, data: Subset) -> tuple[torch.Tensor, float]:
+def evaluate(model: nn.Module, data: Subset, loss_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, float]:
     """Per-sample test losses (on CPU) and accuracy in %, with the model in eval mode."""
-    losses, preds = per_sample_losses(model, data.x, data.y)
+    losses, preds = per_sample_losses(model, data.x, data.y, loss_dtype=loss_dtype)
     return losses.cpu(), 100.0 * (preds.cpu() == data.y.cpu()).sum().item() / len(data)

@@ -10,7 +10,16 @@ from bayestda.data import load_subset
 from bayestda.ensemble import EnsembleSpec, train_seed
 from bayestda.paths import REPO_ROOT, checkpoint_file
 from bayestda.posterior import posterior_seeds
-from bayestda.training import TrainConfig, batch_loss, batch_orders, fast_layout, init_model, make_optimizer, train
+from bayestda.training import (
+    TrainConfig,
+    batch_loss,
+    batch_orders,
+    fast_layout,
+    init_model,
+    make_optimizer,
+    per_sample_losses,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +114,18 @@ def test_checkpoint_round_trip_reproduces_logits(mnist10, tmp_path):
     x = test_data.x[:50]
     with torch.no_grad():  # and identical logits, both evaluated in the training layout
         assert torch.equal(model(fast_layout(model, x)), replay.eval()(fast_layout(replay, x)))
+
+
+def test_float64_losses_resolve_confident_predictions():
+    """A cross-entropy of ~4e-9 rounds to 0 in float32; taken in float64 from the same float32 logits, it is exact."""
+    model = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[20.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+        model.bias.zero_()
+    x, y = torch.tensor([[1.0, 0.0], [0.5, 0.0]]), torch.tensor([0, 0])
+    f32 = per_sample_losses(model, x, y)[0]
+    f64 = per_sample_losses(model, x, y, loss_dtype=torch.float64)[0]
+    logits = model(x).detach().double()
+    reference = torch.log1p(torch.exp(logits[:, 1:] - logits[:, :1]).sum(1))  # log(1 + 2 e^-20), log(1 + 2 e^-10)
+    assert f32[0] == 0 and f64.dtype == torch.float64
+    torch.testing.assert_close(f64, reference, rtol=1e-6, atol=0)  # float64's 1 + ε costs ~5e-8 relative at 4e-9

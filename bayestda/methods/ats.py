@@ -30,13 +30,14 @@ def fresh_adam_step(theta: torch.Tensor, grads: torch.Tensor, lr: float, weight_
 
 
 def ats_scores(
-    fm: FunctionalModel, train: Subset, test: Subset, lr: float, weight_decay: float, chunk: int | None = None
-) -> torch.Tensor:
+    fm: FunctionalModel, train: Subset, test: Subset, lr: float, weight_decay: float, chunk: int | None = None,
+    loss_dtype: torch.dtype | None = None,
+) -> torch.Tensor:  # fmt: skip
     """[n_train, n_test] change in each test loss after one fresh-Adam step on each training sample.
 
     Each θ'_j is written in place into a scratch copy of the model (in the fast layout of
     `training.per_sample_losses`), and the unperturbed losses go through the same copy, so both
-    terms of τ use the same kernels.
+    terms of τ use the same kernels. `loss_dtype`: see `training.per_sample_losses`.
     """
     work = copy.deepcopy(fm.model).eval()
     fast_layout(work, test.x)
@@ -47,7 +48,7 @@ def ats_scores(
     def test_losses(flat: torch.Tensor) -> torch.Tensor:
         for p, value in zip(params, flat.split(sizes), strict=True):
             p.copy_(value.view_as(p))  # copy_ keeps the parameter's memory format
-        return per_sample_losses(work, test.x, test.y)[0]
+        return per_sample_losses(work, test.x, test.y, loss_dtype=loss_dtype)[0]
 
     chunk = chunk or fm.chunk
     theta = flatten(fm.params)

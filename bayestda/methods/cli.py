@@ -63,7 +63,18 @@ def _if_method(args, p: Parser) -> tuple[str, dict]:
     return f"if-{args.solver}", opts
 
 
+def _loss_flags(p: Parser, family: str) -> None:
+    p.add_argument(
+        "--loss_dtype",
+        default="float32",
+        choices=["float32", "float64"],
+        help="dtype of the test losses whose change is tau. float32 (as the paper) rounds a loss below ~1e-7 "
+        "(a confident, correct prediction) to steps of 1.2e-7; float64 resolves it, from the same logits",
+    )
+
+
 def _loo_flags(p: Parser, family: str) -> None:
+    _loss_flags(p, family)
     p.add_argument("--protocol", default="paper", choices=PROTOCOLS, help="which retraining defines the ground truth")
     p.add_argument(
         "--workers",
@@ -76,13 +87,13 @@ def _loo_flags(p: Parser, family: str) -> None:
 def _loo_method(args, p: Parser) -> tuple[str, dict]:
     if args.workers < 1:
         p.error("--workers must be at least 1")
-    return f"loo-{args.protocol}", {"workers": args.workers}
+    return f"loo-{args.protocol}", {"workers": args.workers, "loss_dtype": args.loss_dtype}
 
 
 METHOD_FLAGS = {  # script name -> (add its flags, (args, parser) -> (method name, options))
     "gd": (None, lambda args, p: ("gd", {})),
     "gc": (None, lambda args, p: ("gc", {})),
-    "ats": (None, lambda args, p: ("ats", {})),
+    "ats": (_loss_flags, lambda args, p: ("ats", {"loss_dtype": args.loss_dtype})),
     "if": (_if_flags, _if_method),
     "loo": (_loo_flags, _loo_method),
 }

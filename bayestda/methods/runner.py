@@ -100,6 +100,8 @@ def per_checkpoint(samples: SeedSamples, device, dtype, score_fn, desc: str, mem
 def checkpoint_scorer(method: str, options: dict, cfg: dict):
     """The per-checkpoint scorer (FunctionalModel, train, test) -> ([n_train, n_test], diagnostics) of a method."""
 
+    loss_dtype = getattr(torch, options.get("loss_dtype", "float32"))
+
     def if_paper(fm, tr, te):
         p = options.get("lissa", influence.PAPER_LISSA)
         scores, s_train, g_train = influence.if_paper(fm, tr, te, p["damping"], p["scale"], p["batch_size"])
@@ -113,7 +115,10 @@ def checkpoint_scorer(method: str, options: dict, cfg: dict):
     scorers = {
         "gd": lambda fm, tr, te: (grad_similarity.grad_dot_and_cos(fm, tr, te)[0], {}),
         "gc": lambda fm, tr, te: (grad_similarity.grad_dot_and_cos(fm, tr, te)[1], {}),
-        "ats": lambda fm, tr, te: (ats.ats_scores(fm, tr, te, cfg["lr"], cfg["weight_decay"]), {}),
+        "ats": lambda fm, tr, te: (
+            ats.ats_scores(fm, tr, te, cfg["lr"], cfg["weight_decay"], loss_dtype=loss_dtype),
+            {},
+        ),
         "if-paper": if_paper,
         "if-ggn": lambda fm, tr, te: (influence.if_ggn(fm, tr, te, options["damping"]), {}),
         "if-cg": lambda fm, tr, te: influence.if_cg(
@@ -125,7 +130,9 @@ def checkpoint_scorer(method: str, options: dict, cfg: dict):
     return scorers[method]
 
 
-def loo_seed_scores(protocol: str, samples: SeedSamples, workers: int, device) -> tuple[torch.Tensor, list[dict]]:
+def loo_seed_scores(
+    protocol: str, samples: SeedSamples, workers: int, device, loss_dtype: str = "float32"
+) -> tuple[torch.Tensor, list[dict]]:
     """LOO retrains one seed as a whole (`scratch`), or continues from each of its checkpoints."""
     cfg = samples.configs[0]
     scratch = protocol == "scratch"
@@ -133,9 +140,9 @@ def loo_seed_scores(protocol: str, samples: SeedSamples, workers: int, device) -
         config=cfg, train_data=samples.train, test_data=samples.test.to(device),
         cfg=TrainConfig.from_config(cfg), orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]),
         start_states=[] if scratch else [c["state_dict"] for c in samples.checkpoints],
-        eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device),
+        eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device), loss_dtype=loss_dtype,
     )  # fmt: skip
-    base = torch.stack([evaluate(m, samples.test)[0] for m in samples.models(device)])
+    base = torch.stack([evaluate(m, samples.test, getattr(torch, loss_dtype))[0] for m in samples.models(device)])
     scores, diag = loo.loo_scores(protocol, ctx, base, workers)
     return scores, [diag]
 
@@ -144,7 +151,9 @@ def compute(method: str, samples: SeedSamples, options: dict, device) -> tuple[t
     """[n_ckpts, n_train, n_test] scores of `method` for one seed, and per-checkpoint diagnostics."""
     family, _, variant = method.partition("-")
     if family == "loo":
-        return loo_seed_scores(variant, samples, options.get("workers", 1), device)
+        return loo_seed_scores(
+            variant, samples, options.get("workers", 1), device, options.get("loss_dtype", "float32")
+        )
     dtype = getattr(torch, options.get("dtype", "float32"))
     memory = {k: options[k] for k in ("chunk", "hvp_chunk") if k in options}
     return per_checkpoint(

@@ -12,10 +12,10 @@ from bayestda.methods.ats import ats_scores, fresh_adam_step
 from .reference import TinyNet, micro_vit, toy_data, trained_tiny
 
 
-def reference_ats(model, train, test, lr, wd):
+def reference_ats(model, train, test, lr, wd, loss_dtype=torch.float64):
     model.eval()
     with torch.no_grad():
-        base = F.cross_entropy(model(test.x), test.y, reduction="none")
+        base = F.cross_entropy(model(test.x).to(loss_dtype), test.y, reduction="none")
     rows = []
     for j in range(len(train)):
         m = copy.deepcopy(model)
@@ -24,7 +24,7 @@ def reference_ats(model, train, test, lr, wd):
         F.cross_entropy(m(train.x[j : j + 1]), train.y[j : j + 1]).backward()
         opt.step()
         with torch.no_grad():
-            rows.append(F.cross_entropy(m(test.x), test.y, reduction="none") - base)
+            rows.append(F.cross_entropy(m(test.x).to(loss_dtype), test.y, reduction="none") - base)
     return torch.stack(rows)
 
 
@@ -52,3 +52,13 @@ def test_ats_equals_real_adam_loop(net, micro_vit_dir):
     got = ats_scores(FunctionalModel(model), train, test, lr=1e-3, weight_decay=5e-3, chunk=3)
     ref = reference_ats(model, train, test, 1e-3, 5e-3)
     torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-12)
+
+
+def test_ats_float64_losses_of_a_float32_model():
+    """`loss_dtype=float64` on a float32 model: the loop's real Adam steps, with float64 test losses."""
+    torch.manual_seed(1)
+    train, test = toy_data(7, dtype=torch.float32), toy_data(5, seed=2, dtype=torch.float32)
+    model = TinyNet()
+    got = ats_scores(FunctionalModel(model), train, test, 1e-3, 5e-3, chunk=3, loss_dtype=torch.float64)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, reference_ats(model, train, test, 1e-3, 5e-3), rtol=1e-4, atol=1e-7)

@@ -4,6 +4,8 @@ The CNN on real MNIST images, and the micro LoRA ViT on toy images, whose retrai
 run's crops, dropout and linear lr decay.
 """
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import single_thread
@@ -46,7 +48,7 @@ def ctx_factory(data_root):
     return make, states
 
 
-def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, vit=None):
+def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, vit=None, loss_dtype=torch.float32):
     """The obvious loop: fresh Adam, the given batch order, z_j dropped or its loss zeroed (as the original).
 
     The CNN runs in the library's memory layout (channels-last) so that the comparison can be bit for
@@ -81,7 +83,7 @@ def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, v
         if epoch in eval_epochs:
             model.eval()
             with torch.no_grad():
-                out[epoch] = F.cross_entropy(model(test_x), test.y, reduction="none")
+                out[epoch] = F.cross_entropy(model(test_x).to(loss_dtype), test.y, reduction="none")
     return torch.stack([out[e] for e in eval_epochs])
 
 
@@ -127,6 +129,22 @@ def test_continuation_protocols_equal_sequential_retrains(ctx_factory, protocol)
                 ref = reference_retrain(from_state(states[e]), x, y, ctx.orders, j, "zero", (CFG.epochs,), test)[0]
                 expected = ref - (base[c] if protocol == "paper" else full)
                 assert torch.equal(got[c, j], expected), f"checkpoint {e}, sample {j}"
+
+
+def test_float64_test_losses_equal_sequential_retrains(ctx_factory):
+    """`loss_dtype="float64"`: the same retrains, with the test cross-entropy taken in float64."""
+    make, _ = ctx_factory
+    ctx = dataclasses.replace(make("scratch"), loss_dtype="float64")
+    got, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20, dtype=torch.float64), workers=1)
+    assert got.dtype == torch.float64
+    with single_thread():
+        x, y = ctx.train_data.x, ctx.train_data.y
+        full = reference_retrain(init_model("cnn2", "mnist3", INIT_SEED), x, y, ctx.orders, None, "drop", (3, 4),
+                                 ctx.test_data, loss_dtype=torch.float64)  # fmt: skip
+        for j in (0, 7):
+            ref = reference_retrain(init_model("cnn2", "mnist3", INIT_SEED), x, y, ctx.orders, j, "drop", (3, 4),
+                                    ctx.test_data, loss_dtype=torch.float64)  # fmt: skip
+            assert torch.equal(got[:, j], ref - full), f"sample {j}"
 
 
 def test_results_do_not_depend_on_workers(ctx_factory):

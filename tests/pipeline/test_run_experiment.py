@@ -186,6 +186,12 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
     assert f"| loo-scratch | {row.frac_sigma_above_abs_mu:.3f} |" in report
     assert "`loo-scratch`: " in report and "have FDR-adjusted p < 0.05" in report
     assert "Who the stable pairs are" in report and "| all | 27000 |" in report  # 30 train x 900 test images
+    tau = torch.stack([torch.load(score_file(by_runner, "cnn", "loo-scratch", "mnist3", 10, s), weights_only=False)["scores"]
+                       for s in map(int, SEED_IDS)])  # fmt: skip
+    assert (
+        f"| loo-scratch | float32 | {(tau == 0).double().mean():.3f} | {(tau.abs() < 1e-6).double().mean():.3f} |"
+        in report
+    )
     # --compare (claim (d), noise sources): the same numbers, plus mean abs(μ) and mean σ² from the μ, σ tables
     proc = sh(["report_experiment.py", "--compare", "cnn_mnist3_10pc", "--num_ckpts", "2", "--methods", "loo-scratch",
                "--out_root", str(by_runner)], data_root)  # fmt: skip
