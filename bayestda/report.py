@@ -87,6 +87,8 @@ def tau_resolution(out_root: Path, model: str, task: str, n: int, res: Path, met
             continue
         files = [score_file(out_root, model, method, task, n, s) for s in read_seeds()]
         records = [torch.load(f, weights_only=False) for f in files if f.is_file()]
+        if not records:
+            continue
         tau = np.stack([r["scores"].numpy() for r in records])
         loss_dtypes = {r["config"]["options"].get("loss_dtype", "float32") for r in records}
         mu = pd.read_csv(res / "mu" / f"{method}_k{k}.csv", index_col=0).to_numpy()
@@ -133,8 +135,9 @@ def stable_pair_profile(res: Path, method: str, k: int, train_labels: np.ndarray
 
     Per set: how many pairs are same-class, how many say "z_j helps z" (sign-aligned μ > 0), how many distinct
     training and test images they touch, what share of the pairs the top 10% of training images carry, and
-    the median abs(μ). Then the training images with the most stable pairs, and the classes of their test partners. `*_labels` are the labels of the
-    whole torchvision splits, indexed by dataset index (the row and column names of the result tables).
+    the median abs(μ). Then the training images with the most stable pairs, and the classes of their test
+    partners. `*_labels` are the labels of the whole torchvision splits, indexed by dataset index (the row and
+    column names of the result tables).
     """
     p = pd.read_csv(res / "pvalues" / f"{method}_k{k}_t_fdr.csv", index_col=0)
     mu = pd.read_csv(res / "mu" / f"{method}_k{k}.csv", index_col=0)
