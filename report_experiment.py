@@ -2,8 +2,9 @@
 """Print the REPRODUCTION.md tables of a finished experiment (steps 1-4 done), read from its artifacts.
 
 Accuracy and training time from metrics.json, compute time from the score files, claims (a), (b), (c) and (e)
-from results/<experiment>/; the dataset's labels (from --data_root) say which pairs are stable in (b). With --compare, the noise of several experiments side by side, per method: claim (d)
-(a bigger model) and the split of the noise between initialisation and batch order.
+from results/<experiment>/; the dataset's labels (from --data_root) say which pairs are stable in (b). With
+--compare, the noise of several experiments side by side, per method: claim (d) (a bigger model) and the split
+of the noise between initialisation and batch order.
 
 Examples:
   python report_experiment.py --experiment cnn_mnist3_10pc

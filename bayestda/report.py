@@ -140,11 +140,11 @@ def stable_pair_profile(res: Path, method: str, k: int, train_labels: np.ndarray
     column names of the result tables).
     """
     p = pd.read_csv(res / "pvalues" / f"{method}_k{k}_t_fdr.csv", index_col=0)
-    mu = pd.read_csv(res / "mu" / f"{method}_k{k}.csv", index_col=0)
+    mu = pd.read_csv(res / "mu" / f"{method}_k{k}.csv", index_col=0).to_numpy()
     train_idx, test_idx = p.index.to_numpy(int), p.columns.to_numpy(int)
     row_class, col_class = train_labels[train_idx], test_labels[test_idx]
     same = row_class[:, None] == col_class[None, :]
-    helps = HELPS_SIGN[method_family(method)] * mu.to_numpy() > 0
+    helps = HELPS_SIGN[method_family(method)] * mu > 0
     stable = p.to_numpy() < 0.05
 
     def profile(name: str, mask: np.ndarray) -> dict:
@@ -153,7 +153,7 @@ def stable_pair_profile(res: Path, method: str, k: int, train_labels: np.ndarray
         return {"pairs": name, "count": int(mask.sum()), "same class": same[mask].mean(), "z_j helps": helps[mask].mean(),
                 "train images": int((per_train > 0).sum()), "test images": int(mask.any(0).sum()),
                 "top-10% train images' share": per_train[:n_top].sum() / max(1, mask.sum()),
-                "median abs(μ)": float(np.median(np.abs(mu.to_numpy()[mask]))) if mask.any() else float("nan")}  # fmt: skip
+                "median abs(μ)": float(np.median(np.abs(mu[mask]))) if mask.any() else float("nan")}  # fmt: skip
 
     frame = pd.DataFrame([profile("FDR < 0.05", stable), profile("all", np.ones_like(stable))])
     per_train = stable.sum(1)

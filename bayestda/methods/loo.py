@@ -42,7 +42,7 @@ class RetrainContext:
     start_states: list[dict]  # continuation protocols: one state_dict per checkpoint
     eval_epochs: tuple[int, ...]  # epochs whose test losses a retrain returns
     device: str = "cpu"
-    loss_dtype: str = "float32"  # dtype of the test cross-entropy (`training.per_sample_losses`)
+    loss_dtype: torch.dtype = torch.float32  # dtype of the test cross-entropy (`training.per_sample_losses`)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
 
     def record(epoch, model, optimizer, train_loss):
         if epoch in ctx.eval_epochs:
-            losses[epoch] = evaluate(model, ctx.test_data, getattr(torch, ctx.loss_dtype))[0]
+            losses[epoch] = evaluate(model, ctx.test_data, ctx.loss_dtype)[0]
 
     train(
         model,

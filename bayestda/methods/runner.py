@@ -131,7 +131,7 @@ def checkpoint_scorer(method: str, options: dict, cfg: dict):
 
 
 def loo_seed_scores(
-    protocol: str, samples: SeedSamples, workers: int, device, loss_dtype: str = "float32"
+    protocol: str, samples: SeedSamples, workers: int, device, loss_dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, list[dict]]:
     """LOO retrains one seed as a whole (`scratch`), or continues from each of its checkpoints."""
     cfg = samples.configs[0]
@@ -142,7 +142,7 @@ def loo_seed_scores(
         start_states=[] if scratch else [c["state_dict"] for c in samples.checkpoints],
         eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device), loss_dtype=loss_dtype,
     )  # fmt: skip
-    base = torch.stack([evaluate(m, samples.test, getattr(torch, loss_dtype))[0] for m in samples.models(device)])
+    base = torch.stack([evaluate(m, samples.test, loss_dtype)[0] for m in samples.models(device)])
     scores, diag = loo.loo_scores(protocol, ctx, base, workers)
     return scores, [diag]
 
@@ -151,9 +151,8 @@ def compute(method: str, samples: SeedSamples, options: dict, device) -> tuple[t
     """[n_ckpts, n_train, n_test] scores of `method` for one seed, and per-checkpoint diagnostics."""
     family, _, variant = method.partition("-")
     if family == "loo":
-        return loo_seed_scores(
-            variant, samples, options.get("workers", 1), device, options.get("loss_dtype", "float32")
-        )
+        loss_dtype = getattr(torch, options.get("loss_dtype", "float32"))
+        return loo_seed_scores(variant, samples, options.get("workers", 1), device, loss_dtype)
     dtype = getattr(torch, options.get("dtype", "float32"))
     memory = {k: options[k] for k in ("chunk", "hvp_chunk") if k in options}
     return per_checkpoint(

@@ -134,7 +134,7 @@ def test_continuation_protocols_equal_sequential_retrains(ctx_factory, protocol)
 def test_float64_test_losses_equal_sequential_retrains(ctx_factory):
     """`loss_dtype="float64"`: the same retrains, with the test cross-entropy taken in float64."""
     make, _ = ctx_factory
-    ctx = dataclasses.replace(make("scratch"), loss_dtype="float64")
+    ctx = dataclasses.replace(make("scratch"), loss_dtype=torch.float64)
     got, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20, dtype=torch.float64), workers=1)
     assert got.dtype == torch.float64
     with single_thread():
