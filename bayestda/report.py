@@ -50,7 +50,8 @@ def compute_time(out_root: Path, model: str, task: str, n: int, methods: list[st
     rows = []
     for method in methods:
         paths = [score_file(out_root, model, method, task, n, s) for s in read_seeds()]
-        secs = [torch.load(p, weights_only=False)["config"]["wall_time_s"] for p in paths if p.is_file()]
+        # mmap: only the config is read, not the [5, n_train, n_test] tensor
+        secs = [torch.load(p, weights_only=False, mmap=True)["config"]["wall_time_s"] for p in paths if p.is_file()]
         if secs:
             rows.append(
                 {"method": method, "seeds": len(secs), "s / seed": float(np.mean(secs)), "total s": float(np.sum(secs))}
