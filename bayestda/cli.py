@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import torch
@@ -81,8 +83,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(main: Callable[[], object]) -> None:
-    """Run a script's main: a UserError becomes `error: ...` on stderr and exit status 2."""
+    """Run a script's main: a UserError becomes `error: ...` on stderr and exit status 2.
+
+    SIGTERM (`kill`, a cancelled Slurm job, an interrupted runner) is handled like Ctrl-C, so that temp files
+    are removed, and a runner stops the tasks it started, before the exit.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except UserError as exc:

@@ -8,8 +8,10 @@ slots on this machine (one per GPU, or `--jobs` CPU slots), `RayExecutor` as a R
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from ..io import atomic_write_json
 from ..paths import REPO_ROOT
 from .graph import Task, pending
 from .warm import available as warm_available
-from .warm import run_warm
+from .warm import start_warm
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -31,6 +33,49 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 def placement_env(threads: int, gpu: str | None) -> dict[str, str]:
     """Environment of one task: its thread budget, and the one GPU it sees ('' hides every GPU)."""
     return {**dict.fromkeys(THREAD_VARS, str(threads)), "CUDA_VISIBLE_DEVICES": gpu or "", "PYTHONUNBUFFERED": "1"}
+
+
+class LiveTasks:
+    """The task processes running now, each the leader of its own process group (with any workers it started).
+
+    A run that is interrupted (Ctrl-C, or SIGTERM, which `cli.run` turns into the same) stops them, instead of
+    leaving them to compute on as orphans that a rerun would then duplicate.
+    """
+
+    def __init__(self):
+        self._pids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add(self, pid: int) -> None:
+        with self._lock:
+            self._pids.add(pid)
+
+    def discard(self, pid: int) -> None:
+        with self._lock:
+            self._pids.discard(pid)
+
+    def _signal_all(self, sig: int) -> None:
+        with self._lock:
+            pids = list(self._pids)
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:  # not yet its own group leader, or already gone
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every task's process group (a step exits as on Ctrl-C), then SIGKILL what is left after grace_s."""
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self._pids and time.monotonic() < deadline:  # `run_logged` discards a pid once its process ended
+            time.sleep(0.05)
+        self._signal_all(signal.SIGKILL)
+
+
+LIVE_TASKS = LiveTasks()
 
 
 def run_logged(
@@ -49,11 +94,19 @@ def run_logged(
         f.flush()
         start = time.perf_counter()
         if warm:
-            rc = run_warm(argv, env, str(log_path), cwd)
-        else:
-            rc = subprocess.run(
-                command, cwd=cwd, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT
-            ).returncode
+            process = start_warm(argv, env, str(log_path), cwd)
+            wait_for = process.join
+        else:  # process_group=0: the task leads its own group, as a warm one does
+            process = subprocess.Popen(
+                command, cwd=cwd, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT, process_group=0
+            )
+            wait_for = process.wait
+        LIVE_TASKS.add(process.pid)
+        try:
+            wait_for()
+        finally:
+            LIVE_TASKS.discard(process.pid)
+        rc = process.exitcode if warm else process.returncode
         f.write(f"=== exit status {rc} after {time.perf_counter() - start:.1f} s\n")
     return rc
 
@@ -103,7 +156,11 @@ class LocalExecutor:
         self.free.append(self.slot_of.pop(future))
 
     def close(self, cancel: bool = False) -> None:
-        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        """Wait for the running tasks; with `cancel`, drop the queued ones and stop the running ones first."""
+        if cancel:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            LIVE_TASKS.stop()
+        self.pool.shutdown(wait=True)
 
 
 class RayExecutor:

@@ -53,6 +53,7 @@ def _redirect_output(log: str) -> None:
 
 def _run_task(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
     """In the forked process: what `python *argv` would do, with `env` added to the environment."""
+    os.setpgid(0, 0)  # its own process group, with any workers it starts, so a stopped run can end them all
     _redirect_output(log)
     os.environ.update(env)  # before anything reads them: CUDA_VISIBLE_DEVICES is read when CUDA starts
     os.chdir(cwd)
@@ -78,9 +79,8 @@ def _run_task(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
         sys.stderr.flush()
 
 
-def run_warm(argv: list[str], env: dict[str, str], log: str, cwd: str) -> int:
-    """Run `python *argv` as a fork of the preloaded server; returns its exit status (−N: killed by signal N)."""
+def start_warm(argv: list[str], env: dict[str, str], log: str, cwd: str):
+    """Start `python *argv` as a fork of the preloaded server; `.join()` it, then read `.exitcode` (−N: signal N)."""
     process = _context().Process(target=_run_task, args=(argv, env, log, cwd), daemon=False)
     process.start()
-    process.join()
-    return process.exitcode
+    return process

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from bayestda.paths import REPO_ROOT
 from bayestda.pipeline.execute import LocalExecutor, execute, placement_env, write_report
 from bayestda.pipeline.graph import Task
 
@@ -121,3 +129,68 @@ def test_each_task_sees_only_its_gpu(tmp_path, uses_gpu, expected, cold):
         executor.close()
     assert report.ok
     assert f"CUDA={expected!r} OMP=1 torch=1" in (tmp_path / "t.log").read_text()
+
+
+SLEEPER = """
+import os, subprocess, sys, time
+from pathlib import Path
+worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+tmp = Path(OUT) / 'pids.tmp'
+tmp.write_text(f'{os.getpid()} {worker.pid}')
+tmp.rename(Path(OUT) / 'pids')
+time.sleep(120)
+"""
+
+RUNNER = """
+from pathlib import Path
+from bayestda.cli import run
+from bayestda.pipeline.execute import LocalExecutor, execute
+from bayestda.pipeline.graph import Task
+
+def main():
+    executor = LocalExecutor([], 1, cores=1, cold=COLD)
+    try:
+        execute([Task('sleeper', 'sleeper', ['-c', SLEEPER])], executor, Path(OUT) / 'logs', 'toy')
+    finally:
+        executor.close()
+
+run(main)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet (a container's init may never reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see which processes are left")
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_a_terminated_run_stops_its_tasks_and_their_workers(tmp_path, cold):
+    """`kill <runner>` must not leave tasks computing on as orphans (a rerun would duplicate them)."""
+    sleeper = f"OUT = {str(tmp_path)!r}\n{SLEEPER}"
+    program = f"OUT = {str(tmp_path)!r}\nCOLD = {cold}\nSLEEPER = {sleeper!r}\n{RUNNER}"
+    runner = subprocess.Popen([sys.executable, "-c", program], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "pids").exists():
+            assert runner.poll() is None, runner.stderr.read()
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.1)
+        task, worker = map(int, (tmp_path / "pids").read_text().split())
+        assert _alive(task) and _alive(worker)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=60) == 130
+        assert "interrupted; finished work is kept" in runner.stderr.read()
+        deadline = time.monotonic() + 10
+        while (_alive(task) or _alive(worker)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(task) and not _alive(worker)
+        assert "=== exit status -15" in (tmp_path / "logs" / "sleeper.log").read_text()
+    finally:
+        runner.kill()
+        for pid in map(int, (tmp_path / "pids").read_text().split()) if (tmp_path / "pids").exists() else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
