@@ -7,6 +7,7 @@ slots on this machine (one per GPU, or `--jobs` CPU slots), `RayExecutor` as a R
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,25 +55,28 @@ class LiveTasks:
         with self._lock:
             self._pids.discard(pid)
 
-    def _signal_all(self, sig: int) -> None:
+    def _running(self) -> list[int]:
         with self._lock:
-            pids = list(self._pids)
-        for pid in pids:
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:  # not yet its own group leader, or already gone
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+            return list(self._pids)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM every task's process group (a step exits as on Ctrl-C), then SIGKILL what is left after grace_s."""
-        self._signal_all(signal.SIGTERM)
+        """SIGTERM each task (a step exits as on Ctrl-C: its worker pool shuts down, temp files go), wait up to
+        grace_s for them to end, then SIGKILL each task's whole process group: whatever it left or still runs."""
+        leaders = self._running()
+        for pid in leaders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while self._pids and time.monotonic() < deadline:  # `run_logged` discards a pid once its process ended
+        while self._running() and time.monotonic() < deadline:  # `run_logged` discards a pid once it has ended
             time.sleep(0.05)
-        self._signal_all(signal.SIGKILL)
+        still_running = set(self._running())
+        for pid in leaders:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:  # the group is empty, or the task had not yet made its own
+                if pid in still_running:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
 
 LIVE_TASKS = LiveTasks()
