@@ -253,7 +253,10 @@ def experiment_report(out_root: Path, model: str, task: str, n: int, methods: li
         "Resolution of τ (a float32 test loss is coarse below 1e-6; `--loss_dtype float64` resolves it):\n\n"
         + tau_resolution(out_root, model, task, n, res, methods, k),
         "(b) Stable pairs, LOO:\n\n"
-        + "\n\n".join(_stable_pairs_section(res, m, k, labels) for m in methods if m.startswith("loo")),
+        + (
+            "\n\n".join(_stable_pairs_section(res, m, k, labels) for m in methods if m.startswith("loo"))
+            or "(no LOO scores in this experiment: without a ground truth, (b) is not judged)"
+        ),
         "(c) Agreement between methods:\n\n" + agreement(res),
         "Spearman correlation of μ (signs aligned to 'helps'):\n\n" + correlation_matrix(res, "spearman_mu_aligned"),
         "Spearman correlation of σ:\n\n" + correlation_matrix(res, "spearman_sigma_raw"),
