@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from .data import Subset
 from .models import build_model
+from .stacking import ModelStack
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,32 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
-def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy of a batch. With `weight`, the mean of wᵢ·lossᵢ: a zero weight removes a
-    sample's loss but keeps it in the denominator, as the paper's leave-one-out does."""
-    losses = F.cross_entropy(model(x), y, reduction="none")
-    return losses.mean() if weight is None else (losses * weight).mean()
+def sample_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy of logits [B, C], or [M, B, C] from a `ModelStack` (-> [M, B])."""
+    flat = F.cross_entropy(logits.flatten(0, -2), y.expand(logits.shape[:-1]).flatten(), reduction="none")
+    return flat.view(logits.shape[:-1])
+
+
+def batch_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of a batch (one per model for a `ModelStack`).
+
+    With `weight`, the mean of wᵢ·lossᵢ: a zero weight removes a sample's loss but keeps it in the
+    denominator, as the paper's leave-one-out does. With a 0/1 `keep` mask, the mean over the kept
+    samples only: the sample is removed from its batch (a stack's way of `train(exclude=...)`).
+    """
+    losses = sample_losses(model(x), y)
+    if weight is not None:
+        losses = losses * weight
+    if keep is not None:
+        keep = keep.to(losses.dtype)
+        return (losses * keep).sum(-1) / keep.sum(-1)
+    return losses.mean(-1)
 
 
 EpochHook = Callable[[int, nn.Module, torch.optim.Optimizer, float], None]
@@ -129,7 +151,7 @@ def train(
     *,
     start_epoch: int = 0,
     sample_weight: torch.Tensor | None = None,
-    exclude: int | None = None,
+    exclude: int | torch.Tensor | None = None,
     extras: TrainExtras = TrainExtras(),
     on_epoch_end: EpochHook | None = None,
     progress: Callable | None = None,
@@ -138,7 +160,8 @@ def train(
 
     `sample_weight` (one weight per position in `data`) reweights per-sample losses: a zero drops a
     sample's loss but keeps its slot in the batch mean (the paper's LOO). `exclude` removes position
-    `exclude` from its batches altogether (a true leave-one-out). `extras` holds a family's additions
+    `exclude` from its batches altogether (a true leave-one-out). For a `ModelStack` of M models,
+    `sample_weight` is [M, n] and `exclude` an [M] tensor of positions (-1: none). `extras` holds a family's additions
     (augmentation, lr schedule, dropout seed, autocast). `on_epoch_end(epoch, model, optimizer,
     train_loss)` sees every finished epoch (1-based). Returns the mean batch loss of each epoch trained.
     """
@@ -149,6 +172,9 @@ def train(
     autocast_dtype = PRECISIONS[extras.precision]
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     epochs = range(start_epoch + 1, len(orders) + 1)
+    n_models = len(model) if isinstance(model, ModelStack) else 1
+    if isinstance(exclude, torch.Tensor):
+        exclude = exclude.to(device)
     train_losses = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=extras.rng_seed is not None):
         if extras.rng_seed is not None:
@@ -160,14 +186,20 @@ def train(
                 if lr_factor is not None:
                     for group in optimizer.param_groups:
                         group["lr"] = cfg.lr * lr_factor(epoch, b)
-                if exclude is not None:
+                keep = None
+                if isinstance(exclude, int):
                     batch = batch[batch != exclude]
                     if len(batch) == 0:
                         continue
+                elif exclude is not None:  # one position per stacked model
+                    keep = batch[None, :] != exclude[:, None]
+                    if not keep.any(1).all():
+                        raise ValueError("a stacked model's batch is empty after its exclusion; train it alone")
                 xb = x[batch] if extras.augment is None else extras.augment(x[batch], epoch, batch)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = batch_loss(model, xb, y[batch], None if weight is None else weight[batch])
+                    loss = batch_loss(model, xb, y[batch], None if weight is None else weight[..., batch], keep)
+                    loss = loss.sum()  # a stack's models are independent: each gets its own loss's gradient
                 if scaler is None:
                     loss.backward()
                     optimizer.step()
@@ -175,7 +207,7 @@ def train(
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
-                running.append(loss.detach().float())
+                running.append(loss.detach().float() / n_models)
             train_losses.append(torch.stack(running).mean().item())
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model, optimizer, train_losses[-1])
@@ -199,17 +231,17 @@ def per_sample_losses(
     """
     model.eval()
     device = next(model.parameters()).device
-    chunk = chunk or EVAL_CHUNK.get(device.type, 128)
+    chunk = chunk or getattr(model, "eval_chunk", None) or EVAL_CHUNK.get(device.type, 128)
     x = fast_layout(model, x.to(device))
     losses, preds = [], []
     for xb, yb in zip(x.split(chunk), y.to(device).split(chunk), strict=True):
         logits = model(xb)
-        losses.append(F.cross_entropy(logits.to(loss_dtype or logits.dtype), yb, reduction="none"))
-        preds.append(logits.argmax(1))
-    return torch.cat(losses), torch.cat(preds)
+        losses.append(sample_losses(logits.to(loss_dtype or logits.dtype), yb))
+        preds.append(logits.argmax(-1))
+    return torch.cat(losses, -1), torch.cat(preds, -1)
 
 
 def evaluate(model: nn.Module, data: Subset, loss_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, float]:
-    """Per-sample test losses (on CPU) and accuracy in %, with the model in eval mode."""
+    """Per-sample test losses (on CPU; [M, n] for a `ModelStack`) and accuracy in % (a stack's: the mean), in eval mode."""
     losses, preds = per_sample_losses(model, data.x, data.y, loss_dtype=loss_dtype)
-    return losses.cpu(), 100.0 * (preds.cpu() == data.y.cpu()).sum().item() / len(data)
+    return losses.cpu(), 100.0 * (preds.cpu() == data.y.cpu()).sum().item() / preds.numel()

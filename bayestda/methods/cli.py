@@ -18,6 +18,9 @@ LISSA_BATCH = {"cnn": 8, "vit": 32}
 # vmap chunks (`FunctionalModel`): samples per per-sample-gradient call, vectors per Hessian-vector product.
 # ViT-B/16 keeps ~100 MB of activations per 224×224 image, so its chunks are small.
 MEMORY = {"cnn": {"chunk": CHUNK, "hvp_chunk": HVP_CHUNK}, "vit": {"chunk": 16, "hvp_chunk": 1}}
+# On a GPU the CNN's HVPs want wide batches: CIFAR10-50pc IF-paper took 93 s per seed at 25 and 23 s at 250 on
+# an H100 (BENCHMARKS.md). The ViT keeps its memory-bound defaults.
+GPU_HVP_CHUNK = {"cnn": 256}
 MODEL_HELP = {
     "cnn": "trained model to score: cnn, cnn3, or with a posterior suffix (cnn-deinit, ...)",
     "vit": "fine-tuned model to score: vit, or with a posterior suffix (vit-deinit, ...)",
@@ -80,14 +83,24 @@ def _loo_flags(p: Parser, family: str) -> None:
         "--workers",
         type=int,
         default=available_cores(),
-        help="processes, one thread each (results do not depend on it)",
+        help="CPU: processes, one thread each (results do not depend on it)",
+    )
+    p.add_argument(
+        "--stack",
+        default="auto",
+        help="retrains trained together as one vmapped model (equal to separate retrains up to float rounding). "
+        "auto: 1 on a CPU, where the one-thread loop is fastest; 64 on a GPU (the fastest on an H100). "
+        "Models that use dropout in training (the ViT) always retrain one at a time",
     )
 
 
 def _loo_method(args, p: Parser) -> tuple[str, dict]:
     if args.workers < 1:
         p.error("--workers must be at least 1")
-    return f"loo-{args.protocol}", {"workers": args.workers, "loss_dtype": args.loss_dtype}
+    if args.stack != "auto" and not (args.stack.isdigit() and int(args.stack) >= 1):
+        p.error(f"--stack {args.stack!r}: give auto or a whole number of at least 1")
+    stack = args.stack if args.stack == "auto" else int(args.stack)
+    return f"loo-{args.protocol}", {"workers": args.workers, "loss_dtype": args.loss_dtype, "stack": stack}
 
 
 METHOD_FLAGS = {  # script name -> (add its flags, (args, parser) -> (method name, options))
@@ -104,13 +117,16 @@ def _memory_flags(p: Parser, family: str) -> None:
     p.add_argument(
         "--chunk", type=int, default=m["chunk"], help="samples per vmapped gradient call; lower it if memory runs out"
     )
+    gpu = GPU_HVP_CHUNK.get(family, m["hvp_chunk"])
     p.add_argument(
-        "--hvp_chunk", type=int, default=m["hvp_chunk"], help="vectors per vmapped Hessian-vector product (IF)"
+        "--hvp_chunk",
+        default="auto",
+        help=f"vectors per vmapped Hessian-vector product (IF); auto: {m['hvp_chunk']} on a CPU, {gpu} on a GPU",
     )
 
 
-def tda_main(doc: str, script: str, family: str = "cnn") -> None:
-    """Parse the common flags plus a method's own, then score every requested seed."""
+def parse_method_args(doc: str, script: str, family: str = "cnn", argv: list[str] | None = None):
+    """(args, method name, options) of a step-2 script's command line (`argv`, default sys.argv)."""
     add_flags, method_and_options = METHOD_FLAGS[script]
     p = Parser(doc)
     add_common_args(p)
@@ -120,12 +136,26 @@ def tda_main(doc: str, script: str, family: str = "cnn") -> None:
     vmapped = script != "loo"  # every method but LOO runs through a FunctionalModel, whose chunks bound memory
     if vmapped:
         _memory_flags(p, family)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     method, options = method_and_options(args, p)
     if vmapped:
+        if args.hvp_chunk != "auto" and not args.hvp_chunk.isdigit():
+            p.error(f"--hvp_chunk {args.hvp_chunk!r}: give auto or a whole number")
+        if args.hvp_chunk == "auto":
+            on_gpu = resolve_device(args.device).type == "cuda"
+            args.hvp_chunk = (
+                GPU_HVP_CHUNK.get(family, MEMORY[family]["hvp_chunk"]) if on_gpu else MEMORY[family]["hvp_chunk"]
+            )
+        args.hvp_chunk = int(args.hvp_chunk)
         if args.chunk < 1 or args.hvp_chunk < 1:
             p.error("--chunk and --hvp_chunk must be at least 1")
         options = {**options, "chunk": args.chunk, "hvp_chunk": args.hvp_chunk}
+    return args, method, options
+
+
+def tda_main(doc: str, script: str, family: str = "cnn") -> None:
+    """Parse the common flags plus a method's own, then score every requested seed."""
+    args, method, options = parse_method_args(doc, script, family)
     out_root = resolve_out_root(args.out_root)
     done = run_method(method, args.model, args.task, args.num_per_class, select_seeds(args.seed_id), out_root,
                       resolve_data_root(args.data_root), resolve_device(args.device), options, args.overwrite)  # fmt: skip

@@ -10,8 +10,10 @@ Three protocols, each a different ground truth:
   read off the last 5 epochs, and compare with the same retrain on the full data. This is the
   textbook LOO for a seed, and it needs one set of retrains per seed, not one per checkpoint.
 
-Every retrain runs single-threaded, in this process or in `workers` processes. Results therefore
-do not depend on `workers`: CPU kernels give slightly different bits for different thread counts.
+On a CPU every retrain runs single-threaded, in this process or in `workers` processes. Results
+therefore do not depend on `workers`: CPU kernels give slightly different bits for different thread
+counts. On a GPU, `stack` retrains train together as one `ModelStack` (one vmapped model per step),
+which equals separate retrains up to float rounding.
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ from tqdm.auto import tqdm
 
 from .. import families
 from ..data import Subset
+from ..stacking import ModelStack
 from ..training import TrainConfig, evaluate, make_optimizer, train
 
 PROTOCOLS = ("paper", "paired", "scratch")
+# Retrains per stack by device (`--stack auto`): on a CPU the one-thread sequential loop is fastest
+# (BENCHMARKS.md); on a GPU a stack fills the device.
+AUTO_STACK = {"cpu": 1, "cuda": 64}
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,49 @@ def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
     return torch.stack([losses[e] for e in ctx.eval_epochs])
 
 
+def _removes_a_whole_batch(ctx: RetrainContext, job: Retrain) -> bool:
+    """Whether removing the job's sample empties one of its batches (a step the sequential loop skips)."""
+    if job.leave_out is None or job.zero_weight:
+        return False
+    batches = ctx.orders.split(ctx.cfg.batch_size, dim=1)
+    return len(batches[-1][0]) == 1 and bool((batches[-1][:, 0] == job.leave_out).any())
+
+
+def run_stacked_retrains(ctx: RetrainContext, jobs: list[Retrain]) -> list[torch.Tensor]:
+    """The jobs' test losses ([len(eval_epochs), n_test] each), all trained at once as one `ModelStack`.
+
+    Equal to `run_retrain` per job up to float rounding: the same starts, batches and fresh Adam. A job
+    either zeroes its sample's loss or removes it from its batch, as in `run_retrain`.
+    """
+    removed = [j.leave_out is not None and not j.zero_weight for j in jobs]
+    zeroed = [j.leave_out is not None and j.zero_weight for j in jobs]
+    if any(removed) and any(zeroed):
+        raise ValueError("one stack cannot mix zeroed and removed samples")
+    template = families.init(ctx.config)
+    if families.train_extras(ctx.config).rng_seed is not None:
+        raise ValueError("this model draws random numbers in training (dropout); its retrains cannot be stacked")
+    states = [template.state_dict() if j.start is None else ctx.start_states[j.start] for j in jobs]
+    stack = ModelStack(template, states).to(ctx.device)
+    weight, exclude = None, None
+    if any(zeroed):
+        weight = torch.ones(len(jobs), len(ctx.train_data))
+        for m, job in enumerate(jobs):
+            if job.leave_out is not None:
+                weight[m, job.leave_out] = 0.0
+    elif any(removed):
+        exclude = torch.tensor([-1 if j.leave_out is None else j.leave_out for j in jobs])
+    losses = {}
+
+    def record(epoch, model, optimizer, train_loss):
+        if epoch in ctx.eval_epochs:
+            losses[epoch] = evaluate(model, ctx.test_data, ctx.loss_dtype)[0]
+
+    train(stack, make_optimizer(stack, ctx.cfg), ctx.train_data, ctx.orders, ctx.cfg, sample_weight=weight,
+          exclude=exclude, extras=families.train_extras(ctx.config), on_epoch_end=record)  # fmt: skip
+    per_epoch = torch.stack([losses[e] for e in ctx.eval_epochs], 1)  # [M, len(eval_epochs), n_test]
+    return list(per_epoch.unbind(0))
+
+
 _WORKER_CTX: RetrainContext | None = None
 
 
@@ -101,9 +150,23 @@ def _worker_retrain(job: Retrain) -> torch.Tensor:
     return run_retrain(_WORKER_CTX, job)
 
 
-def run_retrains(ctx: RetrainContext, jobs: list[Retrain], workers: int, desc: str) -> list[torch.Tensor]:
-    """All jobs, each single-threaded on CPU; in `workers` processes when workers > 1."""
+def run_retrains(
+    ctx: RetrainContext, jobs: list[Retrain], workers: int, desc: str, stack: int = 1
+) -> list[torch.Tensor]:
+    """All jobs: `stack` at a time as one `ModelStack` when stack > 1; else each single-threaded on CPU,
+    in `workers` processes when workers > 1."""
     bar = tqdm(total=len(jobs), desc=desc, unit="retrain", leave=False)
+    if stack > 1:
+        alone = [k for k, job in enumerate(jobs) if _removes_a_whole_batch(ctx, job)]
+        together = [k for k in range(len(jobs)) if k not in set(alone)]
+        out = {}
+        for group in [together[i : i + stack] for i in range(0, len(together), stack)] + [[k] for k in alone]:
+            results = run_stacked_retrains(ctx, [jobs[k] for k in group]) if len(group) > 1 else None
+            for i, k in enumerate(group):
+                out[k] = results[i] if results is not None else run_retrain(ctx, jobs[k])
+            bar.update(len(group))
+        bar.close()
+        return [out[k] for k in range(len(jobs))]
     if workers <= 1 or ctx.device != "cpu":
         threads = torch.get_num_threads()
         if ctx.device == "cpu":
@@ -129,7 +192,7 @@ def run_retrains(ctx: RetrainContext, jobs: list[Retrain], workers: int, desc: s
     return out
 
 
-def loo_scores(protocol: str, ctx: RetrainContext, base_losses: torch.Tensor, workers: int):
+def loo_scores(protocol: str, ctx: RetrainContext, base_losses: torch.Tensor, workers: int, stack: int = 1):
     """[n_ckpts, n_train, n_test] LOO scores of one seed, and protocol diagnostics.
 
     `base_losses` [n_ckpts, n_test] are the checkpoints' own test losses (the `paper` baseline).
@@ -137,7 +200,7 @@ def loo_scores(protocol: str, ctx: RetrainContext, base_losses: torch.Tensor, wo
     n = len(ctx.train_data)
     if protocol == "scratch":
         jobs = [Retrain(None, zero_weight=False)] + [Retrain(j, zero_weight=False) for j in range(n)]
-        results = run_retrains(ctx, jobs, workers, "LOO scratch")
+        results = run_retrains(ctx, jobs, workers, "LOO scratch", stack)
         full, loo = results[0], torch.stack(results[1:], 1)  # [ckpts, m], [ckpts, n, m]
         diag = {"max_abs_full_retrain_minus_checkpoint_test_loss": (full - base_losses).abs().max().item()}
         return loo - full[:, None, :], diag
@@ -147,7 +210,7 @@ def loo_scores(protocol: str, ctx: RetrainContext, base_losses: torch.Tensor, wo
     jobs = [Retrain(j, start=c) for c in range(n_ckpts) for j in range(n)]
     if protocol == "paired":
         jobs += [Retrain(None, start=c) for c in range(n_ckpts)]
-    results = run_retrains(ctx, jobs, workers, f"LOO {protocol}")
+    results = run_retrains(ctx, jobs, workers, f"LOO {protocol}", stack)
     loo = torch.stack([r[-1] for r in results[: n_ckpts * n]]).view(n_ckpts, n, -1)
     if protocol == "paper":
         return loo - base_losses[:, None, :], {}

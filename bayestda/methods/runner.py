@@ -130,9 +130,17 @@ def checkpoint_scorer(method: str, options: dict, cfg: dict):
     return scorers[method]
 
 
+def resolve_stack(stack: int | str, config: dict, device) -> int:
+    """`--stack auto` by device; 1 for models with training-time randomness, whose retrains cannot be stacked."""
+    if families.train_extras(config).rng_seed is not None:
+        return 1
+    return loo.AUTO_STACK.get(torch.device(device).type, 1) if stack == "auto" else int(stack)
+
+
 def loo_seed_scores(
-    protocol: str, samples: SeedSamples, workers: int, device, loss_dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, list[dict]]:
+    protocol: str, samples: SeedSamples, workers: int, device, loss_dtype: torch.dtype = torch.float32,
+    stack: int | str = 1,
+) -> tuple[torch.Tensor, list[dict]]:  # fmt: skip
     """LOO retrains one seed as a whole (`scratch`), or continues from each of its checkpoints."""
     cfg = samples.configs[0]
     scratch = protocol == "scratch"
@@ -143,8 +151,9 @@ def loo_seed_scores(
         eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device), loss_dtype=loss_dtype,
     )  # fmt: skip
     base = torch.stack([evaluate(m, samples.test, loss_dtype)[0] for m in samples.models(device)])
-    scores, diag = loo.loo_scores(protocol, ctx, base, workers)
-    return scores, [diag]
+    stack = resolve_stack(stack, cfg, device)
+    scores, diag = loo.loo_scores(protocol, ctx, base, workers, stack)
+    return scores, [{**diag, "stack": stack}]
 
 
 def compute(method: str, samples: SeedSamples, options: dict, device) -> tuple[torch.Tensor, list[dict]]:
@@ -152,7 +161,7 @@ def compute(method: str, samples: SeedSamples, options: dict, device) -> tuple[t
     family, _, variant = method.partition("-")
     if family == "loo":
         loss_dtype = getattr(torch, options.get("loss_dtype", "float32"))
-        return loo_seed_scores(variant, samples, options.get("workers", 1), device, loss_dtype)
+        return loo_seed_scores(variant, samples, options.get("workers", 1), device, loss_dtype, options.get("stack", 1))
     dtype = getattr(torch, options.get("dtype", "float32"))
     memory = {k: options[k] for k in ("chunk", "hvp_chunk") if k in options}
     return per_checkpoint(

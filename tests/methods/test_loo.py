@@ -205,3 +205,54 @@ def test_vit_protocols_equal_sequential_retrains(vit_setup, protocol):
                 ref = reference_retrain(start(), x, y, orders, j, "zero", (CFG.epochs,), test, extras)[0]
                 expected = ref - (base[c] if protocol == "paper" else full)
                 assert torch.equal(got[c, j], expected), f"checkpoint {e}, sample {j}"
+
+
+# ----------------------------------------------------------------------------- stacked retrains (the GPU path)
+
+
+@pytest.mark.parametrize("protocol", loo.PROTOCOLS)
+def test_stacked_retrains_equal_sequential_ones(ctx_factory, protocol):
+    """Stacks of 5 (the last one partial) against one retrain at a time. In float32 the stack's other summation
+    order is amplified by Adam's first steps (which normalise tiny gradients) to ~1e-5 of the losses; a wrong
+    sample left out would be off by the size of τ itself (tests/test_stacking.py checks exactness in float64)."""
+    make, _ = ctx_factory
+    ctx = make(protocol)
+    with single_thread():
+        one, _ = loo.loo_scores(protocol, ctx, torch.zeros(2, 20), workers=1)
+        stacked, _ = loo.loo_scores(protocol, ctx, torch.zeros(2, 20), workers=1, stack=5)
+    torch.testing.assert_close(stacked, one, rtol=0, atol=1e-4)
+    assert one.abs().max() > 0.05
+
+
+def test_stacked_scratch_trains_alone_a_removal_that_empties_a_batch(ctx_factory):
+    """11 samples in batches of 5, 5, 1: removing an epoch's last sample skips that step, so it is not stacked."""
+    make, _ = ctx_factory
+    full = make("scratch")
+    train_data = Subset(full.train_data.x[:11], full.train_data.y[:11], full.train_data.idx[:11])
+    ctx = dataclasses.replace(full, train_data=train_data, orders=batch_orders(11, CFG.epochs, BATCH_SEED))
+    last = set(ctx.orders[:, -1].tolist())
+    assert [loo._removes_a_whole_batch(ctx, loo.Retrain(j, zero_weight=False)) for j in range(11)] == [
+        j in last for j in range(11)
+    ]
+    with single_thread():
+        one, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20), workers=1)
+        stacked, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20), workers=1, stack=4)
+    torch.testing.assert_close(stacked, one, rtol=0, atol=1e-4)
+    jobs = [loo.Retrain(j, zero_weight=False) for j in sorted(last)] + [loo.Retrain(None, zero_weight=False)]
+    with single_thread():
+        alone = loo.run_retrains(ctx, jobs, workers=1, desc="", stack=4)[:-1]
+        for job, got in zip(jobs, alone, strict=False):  # trained alone: bit for bit the sequential retrain
+            assert torch.equal(got, loo.run_retrain(ctx, job))
+
+
+def test_vit_retrains_are_never_stacked(vit_setup):
+    """Dropout would draw one mask for a whole stack: `auto` and explicit stacks both give 1 for the ViT."""
+    from bayestda.methods.runner import resolve_stack
+
+    config, train_data, test, orders, _ = vit_setup
+    assert resolve_stack("auto", config, "cuda") == resolve_stack(64, config, "cuda") == 1
+    assert resolve_stack("auto", {"arch": "cnn2", "task": "mnist3"}, "cuda") == loo.AUTO_STACK["cuda"]
+    assert resolve_stack("auto", {"arch": "cnn2", "task": "mnist3"}, "cpu") == 1
+    ctx = loo.RetrainContext(config, train_data, test, CFG, orders, start_states=[], eval_epochs=(4,))
+    with pytest.raises(ValueError, match="dropout"):
+        loo.run_stacked_retrains(ctx, [loo.Retrain(None), loo.Retrain(0)])

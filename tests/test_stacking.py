@@ -1,0 +1,80 @@
+"""ModelStack: M models trained as one by the shared loop equal M separate runs (float64, to rounding)."""
+
+import pytest
+import torch
+
+from bayestda.data import Subset, load_subset
+from bayestda.paths import REPO_ROOT
+from bayestda.stacking import ModelStack
+from bayestda.training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
+
+CFG = TrainConfig(epochs=3, batch_size=4)  # 11 samples: batches of 4, 4, 3
+
+
+@pytest.fixture(scope="module")
+def data(data_root):
+    train_set = load_subset("mnist3", "train", 10, data_root, REPO_ROOT)
+    test_set = load_subset("mnist3", "test", None, data_root, REPO_ROOT)
+    as64 = lambda s, k: Subset(s.x[:k].double(), s.y[:k], s.idx[:k])  # noqa: E731
+    return as64(train_set, 11), as64(test_set, 30)
+
+
+def models(seeds):
+    return [init_model("cnn2", "mnist3", s).double() for s in seeds]
+
+
+def test_forward_is_each_models_forward(data):
+    train_set, _ = data
+    separate = models([0, 1, 2])
+    stack = ModelStack(models([9])[0], [m.state_dict() for m in separate])
+    out = stack(train_set.x)
+    assert out.shape == (3, 11, 10)
+    for m, model in enumerate(separate):
+        torch.testing.assert_close(out[m], model(train_set.x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["zeroed", "removed"])
+def test_training_a_stack_equals_training_each_model(data, mode):
+    """Three models with their own starts, each leaving out another sample (or none), as LOO does."""
+    train_set, test_set = data
+    orders = batch_orders(11, CFG.epochs, 5)
+    leave_out = [None, 2, 7]
+    separate, seen = models([0, 1, 2]), {}
+    for m, (model, j) in enumerate(zip(separate, leave_out, strict=True)):
+        weight = None
+        if mode == "zeroed" and j is not None:
+            weight = torch.ones(11, dtype=torch.float64)
+            weight[j] = 0.0
+        exclude = j if mode == "removed" else None
+        train(model, make_optimizer(model, CFG), train_set, orders, CFG, sample_weight=weight, exclude=exclude,
+              on_epoch_end=lambda e, mod, o, _l, m=m: seen.__setitem__((m, e), evaluate(mod, test_set)[0]))  # fmt: skip
+
+    stack = ModelStack(models([9])[0], [m.state_dict() for m in models([0, 1, 2])])
+    weight, exclude = None, None
+    if mode == "zeroed":
+        weight = torch.ones(3, 11, dtype=torch.float64)
+        weight[1, 2] = weight[2, 7] = 0.0
+    else:
+        exclude = torch.tensor([-1, 2, 7])
+    stacked = {}
+    train(stack, make_optimizer(stack, CFG), train_set, orders, CFG, sample_weight=weight, exclude=exclude,
+          on_epoch_end=lambda e, mod, o, _l: stacked.__setitem__(e, evaluate(mod, test_set)[0]))  # fmt: skip
+
+    for m, model in enumerate(separate):
+        state = stack.state(m)
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(state[k], v, rtol=1e-10, atol=1e-12)
+        for e in range(1, CFG.epochs + 1):
+            torch.testing.assert_close(stacked[e][m], seen[(m, e)], rtol=1e-10, atol=1e-12)
+    # the models did differ: the leave-outs changed the weights
+    assert not torch.allclose(stack.state(1)["fc2.weight"], stack.state(2)["fc2.weight"])
+
+
+def test_a_removal_that_empties_a_batch_is_refused(data):
+    """The sequential loop skips such a step for one model; a stack cannot, so the caller trains it alone."""
+    train_set, _ = data
+    nine = Subset(train_set.x[:9], train_set.y[:9], train_set.idx[:9])  # batches of 4, 4, 1
+    orders = batch_orders(9, 1, 5)
+    stack = ModelStack(models([9])[0], [m.state_dict() for m in models([0, 1])])
+    with pytest.raises(ValueError, match="empty after its exclusion"):
+        train(stack, make_optimizer(stack, CFG), nine, orders, CFG, exclude=torch.tensor([-1, int(orders[0, -1])]))
