@@ -42,6 +42,7 @@ VIT_METHODS = {
     "ats": ("ats.py", [], 1e-3),
     "if-paper": ("if.py", ["--solver", "paper"], 1e-3),
 }
+METHODS = {"cnn": CNN_METHODS, "vit": VIT_METHODS}
 
 
 def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -80,18 +81,6 @@ def cnn_trained(tmp_path_factory, run_script):
     return out
 
 
-@pytest.fixture(scope="module")
-def cnn_scores(cnn_trained, data_root, tmp_path_factory):
-    return score_both_devices("cnn", CNN_METHODS, cnn_trained, data_root, tmp_path_factory)
-
-
-@pytest.mark.parametrize("method", list(CNN_METHODS))
-def test_cnn_method_on_cuda_equals_cpu(cnn_scores, method):
-    cpu, cuda = cnn_scores[method]
-    assert cpu.abs().sum() > 0 and torch.isfinite(cuda).all()
-    assert relative_error(cuda, cpu) < CNN_METHODS[method][2]
-
-
 def test_cnn_training_on_cuda_follows_the_cpu_run(cnn_trained, run_script, tmp_path):
     """Same init and batch order on both devices: the first epochs agree to rounding, and the run is complete."""
     proc = run_script("train_cnn.py", *COMMON, "--epochs", "6", "--device", "cuda", "--out_root", str(tmp_path))
@@ -116,15 +105,24 @@ def vit_trained(tmp_path_factory, tiny_vit_dir, data_root):
 
 
 @pytest.fixture(scope="module")
-def vit_scores(vit_trained, data_root, tmp_path_factory):
-    return score_both_devices("vit", VIT_METHODS, vit_trained, data_root, tmp_path_factory)
+def scored(request, data_root, tmp_path_factory):
+    """family -> {method: (cpu scores, cuda scores)}, each family trained and scored once, when first asked for."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            trained = request.getfixturevalue(f"{family}_trained")
+            cache[family] = score_both_devices(family, METHODS[family], trained, data_root, tmp_path_factory)
+        return cache[family]
+
+    return get
 
 
-@pytest.mark.parametrize("method", list(VIT_METHODS))
-def test_vit_method_on_cuda_equals_cpu(vit_scores, method):
-    cpu, cuda = vit_scores[method]
+@pytest.mark.parametrize(("family", "method"), [(f, m) for f, methods in METHODS.items() for m in methods])
+def test_method_on_cuda_equals_cpu(scored, family, method):
+    cpu, cuda = scored(family)[method]
     assert cpu.abs().sum() > 0 and torch.isfinite(cuda).all()
-    assert relative_error(cuda, cpu) < VIT_METHODS[method][2]
+    assert relative_error(cuda, cpu) < METHODS[family][method][2]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
