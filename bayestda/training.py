@@ -19,7 +19,6 @@ from torch.nn import functional as F
 
 from .data import Subset
 from .models import build_model
-from .stacking import ModelStack
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,6 @@ def train(
     autocast_dtype = PRECISIONS[extras.precision]
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     epochs = range(start_epoch + 1, len(orders) + 1)
-    n_models = len(model) if isinstance(model, ModelStack) else 1
     if isinstance(exclude, torch.Tensor):
         exclude = exclude.to(device)
     train_losses = []
@@ -198,8 +196,8 @@ def train(
                 xb = x[batch] if extras.augment is None else extras.augment(x[batch], epoch, batch)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = batch_loss(model, xb, y[batch], None if weight is None else weight[..., batch], keep)
-                    loss = loss.sum()  # a stack's models are independent: each gets its own loss's gradient
+                    losses = batch_loss(model, xb, y[batch], None if weight is None else weight[..., batch], keep)
+                    loss = losses.sum()  # a stack's models are independent: each gets its own loss's gradient
                 if scaler is None:
                     loss.backward()
                     optimizer.step()
@@ -207,7 +205,7 @@ def train(
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
-                running.append(loss.detach().float() / n_models)
+                running.append(losses.detach().float().mean())
             train_losses.append(torch.stack(running).mean().item())
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model, optimizer, train_losses[-1])

@@ -21,6 +21,21 @@ MEMORY = {"cnn": {"chunk": CHUNK, "hvp_chunk": HVP_CHUNK}, "vit": {"chunk": 16, 
 # On a GPU the CNN's HVPs want wide batches: CIFAR10-50pc IF-paper took 93 s per seed at 25 and 23 s at 250 on
 # an H100 (BENCHMARKS.md). The ViT keeps its memory-bound defaults.
 GPU_HVP_CHUNK = {"cnn": 256}
+
+
+def auto_hvp_chunk(family: str, on_gpu: bool) -> int:
+    return GPU_HVP_CHUNK.get(family, MEMORY[family]["hvp_chunk"]) if on_gpu else MEMORY[family]["hvp_chunk"]
+
+
+def _auto_or_count(p: Parser, flag: str, value: str) -> str | int:
+    """A flag that takes `auto` or a whole number of at least 1; anything else is a one-line error."""
+    if value == "auto":
+        return value
+    if not (value.isdigit() and int(value) >= 1):
+        p.error(f"{flag} {value!r}: give auto or a whole number of at least 1")
+    return int(value)
+
+
 MODEL_HELP = {
     "cnn": "trained model to score: cnn, cnn3, or with a posterior suffix (cnn-deinit, ...)",
     "vit": "fine-tuned model to score: vit, or with a posterior suffix (vit-deinit, ...)",
@@ -97,9 +112,7 @@ def _loo_flags(p: Parser, family: str) -> None:
 def _loo_method(args, p: Parser) -> tuple[str, dict]:
     if args.workers < 1:
         p.error("--workers must be at least 1")
-    if args.stack != "auto" and not (args.stack.isdigit() and int(args.stack) >= 1):
-        p.error(f"--stack {args.stack!r}: give auto or a whole number of at least 1")
-    stack = args.stack if args.stack == "auto" else int(args.stack)
+    stack = _auto_or_count(p, "--stack", args.stack)
     return f"loo-{args.protocol}", {"workers": args.workers, "loss_dtype": args.loss_dtype, "stack": stack}
 
 
@@ -117,11 +130,11 @@ def _memory_flags(p: Parser, family: str) -> None:
     p.add_argument(
         "--chunk", type=int, default=m["chunk"], help="samples per vmapped gradient call; lower it if memory runs out"
     )
-    gpu = GPU_HVP_CHUNK.get(family, m["hvp_chunk"])
+    cpu, gpu = auto_hvp_chunk(family, on_gpu=False), auto_hvp_chunk(family, on_gpu=True)
     p.add_argument(
         "--hvp_chunk",
         default="auto",
-        help=f"vectors per vmapped Hessian-vector product (IF); auto: {m['hvp_chunk']} on a CPU, {gpu} on a GPU",
+        help=f"vectors per vmapped Hessian-vector product (IF); auto: {cpu} on a CPU, {gpu} on a GPU",
     )
 
 
@@ -139,14 +152,9 @@ def parse_method_args(doc: str, script: str, family: str = "cnn", argv: list[str
     args = p.parse_args(argv)
     method, options = method_and_options(args, p)
     if vmapped:
-        if args.hvp_chunk != "auto" and not args.hvp_chunk.isdigit():
-            p.error(f"--hvp_chunk {args.hvp_chunk!r}: give auto or a whole number")
+        args.hvp_chunk = _auto_or_count(p, "--hvp_chunk", args.hvp_chunk)
         if args.hvp_chunk == "auto":
-            on_gpu = resolve_device(args.device).type == "cuda"
-            args.hvp_chunk = (
-                GPU_HVP_CHUNK.get(family, MEMORY[family]["hvp_chunk"]) if on_gpu else MEMORY[family]["hvp_chunk"]
-            )
-        args.hvp_chunk = int(args.hvp_chunk)
+            args.hvp_chunk = auto_hvp_chunk(family, on_gpu=resolve_device(args.device).type == "cuda")
         if args.chunk < 1 or args.hvp_chunk < 1:
             p.error("--chunk and --hvp_chunk must be at least 1")
         options = {**options, "chunk": args.chunk, "hvp_chunk": args.hvp_chunk}

@@ -94,6 +94,12 @@ def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
     return torch.stack([losses[e] for e in ctx.eval_epochs])
 
 
+def stackable(config: dict) -> bool:
+    """Whether a run's retrains can share a `ModelStack`: not if it draws random numbers in training
+    (dropout would draw one mask for the whole stack)."""
+    return families.train_extras(config).rng_seed is None
+
+
 def _removes_a_whole_batch(ctx: RetrainContext, job: Retrain) -> bool:
     """Whether removing the job's sample empties one of its batches (a step the sequential loop skips)."""
     if job.leave_out is None or job.zero_weight:
@@ -112,9 +118,9 @@ def run_stacked_retrains(ctx: RetrainContext, jobs: list[Retrain]) -> list[torch
     zeroed = [j.leave_out is not None and j.zero_weight for j in jobs]
     if any(removed) and any(zeroed):
         raise ValueError("one stack cannot mix zeroed and removed samples")
-    template = families.init(ctx.config)
-    if families.train_extras(ctx.config).rng_seed is not None:
+    if not stackable(ctx.config):
         raise ValueError("this model draws random numbers in training (dropout); its retrains cannot be stacked")
+    template = families.init(ctx.config)
     states = [template.state_dict() if j.start is None else ctx.start_states[j.start] for j in jobs]
     stack = ModelStack(template, states).to(ctx.device)
     weight, exclude = None, None
@@ -157,13 +163,15 @@ def run_retrains(
     in `workers` processes when workers > 1."""
     bar = tqdm(total=len(jobs), desc=desc, unit="retrain", leave=False)
     if stack > 1:
-        alone = [k for k, job in enumerate(jobs) if _removes_a_whole_batch(ctx, job)]
-        together = [k for k in range(len(jobs)) if k not in set(alone)]
+        alone = {k for k, job in enumerate(jobs) if _removes_a_whole_batch(ctx, job)}
+        together = [k for k in range(len(jobs)) if k not in alone]
+        groups = [together[i : i + stack] for i in range(0, len(together), stack)] + [[k] for k in sorted(alone)]
         out = {}
-        for group in [together[i : i + stack] for i in range(0, len(together), stack)] + [[k] for k in alone]:
-            results = run_stacked_retrains(ctx, [jobs[k] for k in group]) if len(group) > 1 else None
-            for i, k in enumerate(group):
-                out[k] = results[i] if results is not None else run_retrain(ctx, jobs[k])
+        for group in groups:
+            if len(group) > 1:
+                out.update(zip(group, run_stacked_retrains(ctx, [jobs[k] for k in group]), strict=True))
+            else:
+                out[group[0]] = run_retrain(ctx, jobs[group[0]])
             bar.update(len(group))
         bar.close()
         return [out[k] for k in range(len(jobs))]

@@ -132,7 +132,7 @@ def checkpoint_scorer(method: str, options: dict, cfg: dict):
 
 def resolve_stack(stack: int | str, config: dict, device) -> int:
     """`--stack auto` by device; 1 for models with training-time randomness, whose retrains cannot be stacked."""
-    if families.train_extras(config).rng_seed is not None:
+    if not loo.stackable(config):
         return 1
     return loo.AUTO_STACK.get(torch.device(device).type, 1) if stack == "auto" else int(stack)
 
