@@ -103,6 +103,36 @@ def tau_resolution(out_root: Path, model: str, task: str, n: int, res: Path, met
     return _table(pd.DataFrame(rows)) if rows else "(no LOO or ATS scores)"
 
 
+def common_share(taus) -> float:
+    """Share of the variance of τ that every training image has in common.
+
+    `taus` yields one seed's scores [n_ckpts, n_train, n_test] at a time. The common part of a posterior
+    sample's τ(·, z) is its mean over the training images z_j; this is the between-group share of the total
+    sum of squares about the grand mean, with one group per (seed, checkpoint, test point). Near 1, a method
+    mostly measures something that moves every τ(·, z) alike, not z_j.
+    """
+    total = total_sq = within_sq = 0.0
+    count = 0
+    for tau in taus:
+        tau = np.asarray(tau, dtype=np.float64)
+        total, total_sq, count = total + tau.sum(), total_sq + np.square(tau).sum(), count + tau.size
+        within_sq += np.square(tau - tau.mean(-2, keepdims=True)).sum()
+    total_ss = total_sq - total**2 / count
+    return float(1.0 - within_sq / total_ss) if total_ss > 0 else float("nan")
+
+
+def common_shift(out_root: Path, model: str, task: str, n: int, methods: list[str], k: int) -> str:
+    """`common_share` of every method, over all seeds and the last k checkpoints of each."""
+    rows = []
+    for method in methods:
+        files = [score_file(out_root, model, method, task, n, s) for s in read_seeds()]
+        files = [f for f in files if f.is_file()]
+        if files:
+            share = common_share(torch.load(f, weights_only=False)["scores"][-k:].numpy() for f in files)
+            rows.append({"method": method, "seeds": len(files), "share of var(τ) common to all z_j": share})
+    return _table(pd.DataFrame(rows))
+
+
 def mean_p_by_checkpoints(res: Path) -> str:
     """Claim (e): mean p-value (the paper's test) as more checkpoints per seed are pooled."""
     return _table(pd.read_csv(res / "mean_p_values.csv"))
@@ -257,6 +287,8 @@ def experiment_report(out_root: Path, model: str, task: str, n: int, methods: li
             "\n\n".join(_stable_pairs_section(res, m, k, labels) for m in methods if m.startswith("loo"))
             or "(no LOO scores in this experiment: without a ground truth, (b) is not judged)"
         ),
+        "What every training image has in common (per posterior sample and test point, the mean of τ over z_j;"
+        " near 1, τ does not measure z_j):\n\n" + common_shift(out_root, model, task, n, methods, k),
         "(c) Agreement between methods:\n\n" + agreement(res),
         "Spearman correlation of μ (signs aligned to 'helps'):\n\n" + correlation_matrix(res, "spearman_mu_aligned"),
         "Spearman correlation of σ:\n\n" + correlation_matrix(res, "spearman_sigma_raw"),

@@ -1,9 +1,11 @@
-"""report.stable_pair_profile (claim (b), "which are they") against a hand count on a small result table."""
+"""report.stable_pair_profile (claim (b), "which are they") against a hand count on a small result table, and
+report.common_share against an explicit per-group variance decomposition."""
 
 import numpy as np
 import pandas as pd
 
-from bayestda.report import stable_pair_profile
+from bayestda.report import common_share, common_shift, stable_pair_profile
+from bayestda.scores import save_scores
 
 
 def _write(res, method, k, p, mu, train_idx, test_idx):
@@ -40,3 +42,40 @@ def test_stable_pair_profile_counts_classes_signs_and_concentration(tmp_path):
         order = np.argsort(-counts, kind="stable")
         partners = ", ".join(f"{classes[i]}×{counts[i]}" for i in order)
         assert lead == ["7", str(train_labels[7]), "6", str(same[0].sum()), str((sign * mu[0] > 0).sum()), partners]
+
+
+def _between_share_by_loop(taus: list[np.ndarray]) -> float:
+    """Between-group sum of squares over the total, one group per (seed, checkpoint, test point), by loops."""
+    grand = np.mean(np.concatenate([t.ravel() for t in taus]))
+    between = total = 0.0
+    for tau in taus:
+        for c in range(tau.shape[0]):
+            for t in range(tau.shape[2]):
+                group = tau[c, :, t].astype(np.float64)
+                between += len(group) * (group.mean() - grand) ** 2
+                total += np.sum((group - grand) ** 2)
+    return between / total
+
+
+def test_common_share_equals_the_between_group_share():
+    rng = np.random.default_rng(1)
+    shift = rng.normal(size=(2, 5, 1, 7))  # one offset per (seed, checkpoint, test point)
+    taus = list(shift + 0.7 * rng.normal(size=(2, 5, 6, 7)))
+    expect = _between_share_by_loop(taus)
+    assert 0.3 < expect < 0.9
+    assert np.isclose(common_share(iter(taus)), expect, rtol=1e-12)
+    assert np.isclose(common_share(np.broadcast_to(t, (5, 6, 7)) for t in shift), 1.0)  # τ the same for every z_j
+    centred = [t - t.mean(1, keepdims=True) for t in taus]  # nothing in common
+    assert abs(common_share(centred)) < 1e-12
+
+
+def test_common_shift_reads_every_seed_score_file(tmp_path):
+    rng = np.random.default_rng(2)
+    taus = [rng.normal(size=(5, 4, 3)) + rng.normal(size=(5, 1, 3)) for _ in range(2)]
+    for seed, tau in enumerate(taus):
+        path = tmp_path / "tda_scores" / "cnn" / "loo-paper" / "mnist3_2pc" / f"{seed}.pt"
+        save_scores(path, tau, range(4), range(3), [11, 12, 13, 14, 15], seed, "loo-paper", {})
+    for k in (5, 2):  # the last k checkpoints of each seed
+        table = common_shift(tmp_path, "cnn", "mnist3", 2, ["loo-paper", "gd"], k)
+        assert "| gd |" not in table  # no score files, no row
+        assert _row(table, "loo-paper")[1:] == ["2", f"{common_share(t[-k:].astype(np.float32) for t in taus):.3f}"]

@@ -16,6 +16,7 @@ import torch
 from bayestda.cli import available_cores, run
 from bayestda.paths import REPO_ROOT, score_file
 from bayestda.pipeline.cli import main
+from bayestda.report import common_share
 
 N = "10"
 SEED_IDS = ["0", "1"]
@@ -192,6 +193,7 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
         f"| loo-scratch | float32 | {(tau == 0).double().mean():.3f} | {(tau.abs() < 1e-6).double().mean():.3f} |"
         in report
     )
+    assert f"| loo-scratch | 2 | {common_share(tau[:, -2:].numpy()):.3f} |" in report  # seeds x last 2 checkpoints
     # --compare (claim (d), noise sources): the same numbers, plus mean abs(μ) and mean σ² from the μ, σ tables
     proc = sh(["report_experiment.py", "--compare", "cnn_mnist3_10pc", "--num_ckpts", "2", "--methods", "loo-scratch",
                "--out_root", str(by_runner)], data_root)  # fmt: skip
