@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Print the REPRODUCTION.md tables of a finished experiment (steps 1-4 done), read from its artifacts.
 
-Accuracy and training time from metrics.json, compute time from the score files, claims (a), (b), (c) and (e)
-from results/<experiment>/; the dataset's labels (from --data_root) say which pairs are stable in (b). With
+Accuracy and training time from metrics.json; from the score files, compute time and the share of var(τ) that is
+common to every training image (near 1: τ does not measure z_j, as with the paper's LOO); claims (a), (b), (c) and
+(e) from results/<experiment>/; the dataset's labels (from --data_root) say which pairs are stable in (b). With
 --compare, the noise of several experiments side by side, per method: claim (d) (a bigger model) and the split
 of the noise between initialisation and batch order.
 
