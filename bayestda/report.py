@@ -45,13 +45,19 @@ def accuracy_and_training_time(out_root: Path, model: str, task: str, n: int) ->
     return _table(frame, ".2f")
 
 
+def _score_files(out_root: Path, model: str, method: str, task: str, n: int) -> list[Path]:
+    """The score files a method has, one per seed of seeds.txt that was scored."""
+    paths = (score_file(out_root, model, method, task, n, s) for s in read_seeds())
+    return [p for p in paths if p.is_file()]
+
+
 def compute_time(out_root: Path, model: str, task: str, n: int, methods: list[str]) -> str:
     """Wall time of each method per seed, as its score files recorded it (device and thread count as run)."""
     rows = []
     for method in methods:
-        paths = [score_file(out_root, model, method, task, n, s) for s in read_seeds()]
         # mmap: only the config is read, not the [5, n_train, n_test] tensor
-        secs = [torch.load(p, weights_only=False, mmap=True)["config"]["wall_time_s"] for p in paths if p.is_file()]
+        secs = [torch.load(p, weights_only=False, mmap=True)["config"]["wall_time_s"]
+                for p in _score_files(out_root, model, method, task, n)]  # fmt: skip
         if secs:
             rows.append(
                 {"method": method, "seeds": len(secs), "s / seed": float(np.mean(secs)), "total s": float(np.sum(secs))}
@@ -86,8 +92,7 @@ def tau_resolution(out_root: Path, model: str, task: str, n: int, res: Path, met
     for method in methods:
         if method_family(method) not in ("loo", "ats"):
             continue
-        files = [score_file(out_root, model, method, task, n, s) for s in read_seeds()]
-        records = [torch.load(f, weights_only=False) for f in files if f.is_file()]
+        records = [torch.load(f, weights_only=False) for f in _score_files(out_root, model, method, task, n)]
         if not records:
             continue
         tau = np.stack([r["scores"].numpy() for r in records])
@@ -125,8 +130,7 @@ def common_shift(out_root: Path, model: str, task: str, n: int, methods: list[st
     """`common_share` of every method, over all seeds and the last k checkpoints of each."""
     rows = []
     for method in methods:
-        files = [score_file(out_root, model, method, task, n, s) for s in read_seeds()]
-        files = [f for f in files if f.is_file()]
+        files = _score_files(out_root, model, method, task, n)
         if files:
             share = common_share(torch.load(f, weights_only=False)["scores"][-k:].numpy() for f in files)
             rows.append({"method": method, "seeds": len(files), "share of var(τ) common to all z_j": share})

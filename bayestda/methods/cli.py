@@ -155,8 +155,8 @@ def parse_method_args(doc: str, script: str, family: str = "cnn", argv: list[str
         args.hvp_chunk = _auto_or_count(p, "--hvp_chunk", args.hvp_chunk)
         if args.hvp_chunk == "auto":
             args.hvp_chunk = auto_hvp_chunk(family, on_gpu=resolve_device(args.device).type == "cuda")
-        if args.chunk < 1 or args.hvp_chunk < 1:
-            p.error("--chunk and --hvp_chunk must be at least 1")
+        if args.chunk < 1:  # --hvp_chunk: checked by _auto_or_count
+            p.error("--chunk must be at least 1")
         options = {**options, "chunk": args.chunk, "hvp_chunk": args.hvp_chunk}
     return args, method, options
 
