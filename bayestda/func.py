@@ -19,6 +19,10 @@ Params = dict[str, torch.Tensor]
 # The CNNs' vmap chunks on CPU (BENCHMARKS.md): samples per per-sample-gradient call, and vectors per
 # Hessian-vector product (0.82 s per LiSSA step at 25, 0.98 s at 50, 1.17 s at 150).
 CHUNK, HVP_CHUNK = 128, 25
+# An HVP over many samples, vmapped over `width` vectors, holds HVP_SAMPLE_VECTORS·chunk (sample, vector)
+# pairs at a time (`FunctionalModel.hvp_fn`): 1024 for the CNNs. The diagnostics' 8 CG probes were within it
+# already; IF-cg's blocks of 25 vectors over all training samples were not (BENCHMARKS.md, peak memory).
+HVP_SAMPLE_VECTORS = 8
 
 
 def trainable_params(model: nn.Module) -> Params:
@@ -72,17 +76,24 @@ class FunctionalModel:
         params = self.params if params is None else params
         chunk = chunk or self.chunk
         g = vmap(grad(self.sample_loss), in_dims=(None, 0, 0))
-        return torch.cat(
-            [flatten(g(params, xb, yb), batch_dims=1) for xb, yb in zip(x.split(chunk), y.split(chunk), strict=True)]
-        )
+        out = None  # one [N, P] buffer filled chunk by chunk: concatenating a list of chunks holds two copies
+        for lo in range(0, len(x), chunk):
+            rows = flatten(g(params, x[lo : lo + chunk], y[lo : lo + chunk]), batch_dims=1)
+            if out is None:
+                out = rows.new_empty(len(x), rows.shape[1])
+            out[lo : lo + len(rows)] = rows
+        return out
 
-    def hvp_fn(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def hvp_fn(self, x: torch.Tensor, y: torch.Tensor, width: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
         """v ↦ H v, H the Hessian of the mean loss over (x, y); forward-over-reverse, vmappable over v.
 
-        Over more than `chunk` samples, H v is the weighted sum of the chunks' HVPs (memory stays bounded).
+        H v is the weighted sum of the HVPs of sample blocks, so memory stays bounded. A call vmapped over
+        `width` vectors carries a tangent per sample and vector, so the blocks hold HVP_SAMPLE_VECTORS·chunk
+        / width samples (at most `chunk`): the memory of one call does not grow with the width.
         """
         params = self.params
-        blocks = list(zip(x.split(self.chunk), y.split(self.chunk), strict=True))
+        per_block = max(1, min(self.chunk, HVP_SAMPLE_VECTORS * self.chunk // width))
+        blocks = list(zip(x.split(per_block), y.split(per_block), strict=True))
 
         def hvp(v: torch.Tensor) -> torch.Tensor:
             tangent = unflatten(v, params)

@@ -52,17 +52,25 @@ def _score_files(out_root: Path, model: str, method: str, task: str, n: int) -> 
 
 
 def compute_time(out_root: Path, model: str, task: str, n: int, methods: list[str]) -> str:
-    """Wall time of each method per seed, as its score files recorded it (device and thread count as run)."""
+    """Wall time of each method per seed, as its score files recorded it (device and thread count as run).
+
+    Score files written since session 11 also record the task's peak resident memory; where any does, a
+    column gives the largest over the seeds that recorded it ("–" for none).
+    """
     rows = []
     for method in methods:
         # mmap: only the config is read, not the [5, n_train, n_test] tensor
-        secs = [torch.load(p, weights_only=False, mmap=True)["config"]["wall_time_s"]
-                for p in _score_files(out_root, model, method, task, n)]  # fmt: skip
-        if secs:
-            rows.append(
-                {"method": method, "seeds": len(secs), "s / seed": float(np.mean(secs)), "total s": float(np.sum(secs))}
-            )
-    return _table(pd.DataFrame(rows), ".1f")
+        configs = [torch.load(p, weights_only=False, mmap=True)["config"]
+                   for p in _score_files(out_root, model, method, task, n)]  # fmt: skip
+        if configs:
+            secs = [c["wall_time_s"] for c in configs]
+            rss = [c["peak_memory_gib"]["rss"] for c in configs if "rss" in c.get("peak_memory_gib", {})]
+            rows.append({"method": method, "seeds": len(secs), "s / seed": float(np.mean(secs)),
+                         "total s": float(np.sum(secs)), "peak RSS GiB": f"{max(rss):.2f}" if rss else "–"})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    if not rows or (frame["peak RSS GiB"] == "–").all():
+        frame = frame.drop(columns="peak RSS GiB", errors="ignore")
+    return _table(frame, ".1f")
 
 
 def noise_summary(res: Path, k: int) -> str:

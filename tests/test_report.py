@@ -1,10 +1,10 @@
-"""report.stable_pair_profile (claim (b), "which are they") against a hand count on a small result table, and
-report.common_share against an explicit per-group variance decomposition."""
+"""report.stable_pair_profile (claim (b), "which are they") against a hand count on a small result table,
+report.common_share against an explicit per-group variance decomposition, and report.compute_time's columns."""
 
 import numpy as np
 import pandas as pd
 
-from bayestda.report import common_share, common_shift, stable_pair_profile
+from bayestda.report import common_share, common_shift, compute_time, stable_pair_profile
 from bayestda.scores import save_scores
 
 
@@ -79,3 +79,18 @@ def test_common_shift_reads_every_seed_score_file(tmp_path):
         table = common_shift(tmp_path, "cnn", "mnist3", 2, ["loo-paper", "gd"], k)
         assert "| gd |" not in table  # no score files, no row
         assert _row(table, "loo-paper")[1:] == ["2", f"{common_share(t[-k:].astype(np.float32) for t in taus):.3f}"]
+
+
+def test_compute_time_shows_peak_memory_only_where_recorded(tmp_path):
+    def write(method, seed, config):
+        path = tmp_path / "tda_scores" / "cnn" / method / "mnist3_2pc" / f"{seed}.pt"
+        save_scores(path, np.zeros((5, 4, 3)), range(4), range(3), [11, 12, 13, 14, 15], seed, method, config)
+
+    write("gd", 0, {"wall_time_s": 2.0})  # written before score files recorded memory
+    write("gd", 1, {"wall_time_s": 4.0})
+    assert _row(compute_time(tmp_path, "cnn", "mnist3", 2, ["gd", "ats"]), "gd") == ["gd", "2", "3.0", "6.0"]
+    write("ats", 0, {"wall_time_s": 5.0, "peak_memory_gib": {"rss": 1.25}})
+    write("ats", 1, {"wall_time_s": 7.0, "peak_memory_gib": {"rss": 2.5}})
+    table = compute_time(tmp_path, "cnn", "mnist3", 2, ["gd", "ats"])
+    assert _row(table, "gd") == ["gd", "2", "3.0", "6.0", "–"]
+    assert _row(table, "ats") == ["ats", "2", "6.0", "12.0", "2.50"]  # the largest over the seeds

@@ -37,9 +37,14 @@ GGN_DAMPING = 0.01
 CG_DAMPING = PAPER_LISSA["damping"] * PAPER_LISSA["scale"]  # 50: (H + 50 I)⁻¹ is where LiSSA converges to
 
 
-def _batched(fn, vectors: torch.Tensor, chunk: int) -> torch.Tensor:
-    """fn applied to every row of `vectors` with vmap, `chunk` rows at a time."""
-    return torch.cat([vmap(fn)(block) for block in vectors.split(chunk)])
+def _batched(fn, vectors: torch.Tensor, chunk: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """fn (a map from a row to a row of the same shape) applied to every row of `vectors` with vmap, `chunk`
+    rows at a time, written into `out` (default: a new tensor). Filling one buffer, rather than concatenating
+    the blocks, keeps one copy of the result in memory instead of two."""
+    out = torch.empty_like(vectors) if out is None else out
+    for block, dest in zip(vectors.split(chunk), out.split(chunk), strict=True):
+        dest.copy_(vmap(fn)(block))
+    return out
 
 
 def _test_gram(fm: FunctionalModel, left: torch.Tensor, test: Subset) -> torch.Tensor:
@@ -70,10 +75,13 @@ def lissa_transposed(
 
     M = I + A_{K−1} + A_{K−1}A_{K−2} + … + A_{K−1}⋯A₀, and each A_k is symmetric, so
     Mᵀ v = v + A_{K−1}v + A_{K−2}A_{K−1}v + …: walk the batches in reverse, w ← A_k w, and sum the w's.
+    The update runs in place on three buffers the size of `vectors` (w, the HVPs, the sum): at CIFAR10-50pc
+    each is 0.5 GB, and the out-of-place form held up to seven at once (BENCHMARKS.md, peak memory).
     """
-    w, total = vectors, vectors.clone()
+    w, total, hvps = vectors.clone(), vectors.clone(), torch.empty_like(vectors)
     for xb, yb in tqdm(batches[::-1], desc="LiSSA", unit="batch", leave=False):
-        w = (1 - damping) * w - _batched(fm.hvp_fn(xb, yb), w, chunk or fm.hvp_chunk) / scale
+        _batched(fm.hvp_fn(xb, yb), w, chunk or fm.hvp_chunk, out=hvps)  # batches of 8 (ViT 32): small already
+        w.mul_(1 - damping).sub_(hvps.div_(scale))  # (1 − d)·w − H_k w / s, the same float ops as written out
         total += w
     return total
 
@@ -85,8 +93,8 @@ def if_paper(fm: FunctionalModel, train: Subset, test: Subset, damping=5e-3, sca
     Returns s_train = Mᵀ g_train / scale as well, so diagnostics need not recompute it.
     """
     g_train = fm.per_sample_grads(train.x, train.y)
-    h = lissa_transposed(fm, g_train, lissa_batches(train, batch_size) * passes, damping, scale)
-    return -_test_gram(fm, h / scale, test), h / scale, g_train
+    s_train = lissa_transposed(fm, g_train, lissa_batches(train, batch_size) * passes, damping, scale).div_(scale)
+    return -_test_gram(fm, s_train, test), s_train, g_train
 
 
 def lissa_diagnostics(fm: FunctionalModel, train: Subset, g_train: torch.Tensor, s_train: torch.Tensor, gd: torch.Tensor,
@@ -96,7 +104,12 @@ def lissa_diagnostics(fm: FunctionalModel, train: Subset, g_train: torch.Tensor,
     pure_damping_factor = sum((1 - damping) ** i for i in range(steps + 1)) / scale  # s_test if H were 0
     probe = torch.linspace(0, len(train) - 1, min(n_probe, len(train))).long()
     fixed, info = conjugate_gradient(
-        fm.hvp_fn(train.x, train.y), g_train[probe], damping * scale, tol=1e-6, max_iter=500, chunk=fm.hvp_chunk
+        fm.hvp_fn(train.x, train.y, width=min(len(probe), fm.hvp_chunk)),
+        g_train[probe],
+        damping * scale,
+        tol=1e-6,
+        max_iter=500,
+        chunk=fm.hvp_chunk,
     )
     rel = ((s_train[probe] - fixed).norm(dim=1) / fixed.norm(dim=1)).tolist()
     ratio = (s_train[probe] * g_train[probe]).sum(1) / g_train[probe].square().sum(1)
@@ -127,18 +140,20 @@ def if_ggn(fm: FunctionalModel, train: Subset, test: Subset, damping: float, chu
         with torch.no_grad():
             factor = cross_entropy_hessian_factor(fm.logits(fm.params, train.x))  # L Lᵀ = ∇²CE per sample
         # U's columns: J_iᵀ L_i[:, c] / √n, so that U Uᵀ = (1/n) Σ_i J_iᵀ ∇²CE_i J_i = G
+        # C rows per sample, so chunk/8 samples make a vmapped call of 1.25·chunk rows on 10 classes
         u = featurizer.jacobian_vector_grads(
-            train.x, factor.transpose(1, 2) / math.sqrt(len(train)), chunk=max(1, chunk // 4)
+            train.x, factor.transpose(1, 2) / math.sqrt(len(train)), chunk=max(1, chunk // 8)
         )
         g_train = featurizer.loss_grads(train.x, train.y, chunk)
         inner = u.gram(u)
         inner.diagonal().add_(damping)
         chol = torch.linalg.cholesky(inner)
+        del inner
         u_train = u.gram(g_train)  # [nC, n]
         left = torch.cholesky_solve(u_train, chol)  # (λI + UᵀU)⁻¹ Uᵀ g_train
         cols = []
-        for lo in range(0, len(test), 4 * chunk):
-            g_test = featurizer.loss_grads(test.x[lo : lo + 4 * chunk], test.y[lo : lo + 4 * chunk], chunk)
+        for lo in range(0, len(test), chunk):  # one vmapped call per block: U (2 GB at CIFAR10-50pc) is held
+            g_test = featurizer.loss_grads(test.x[lo : lo + chunk], test.y[lo : lo + chunk], chunk)
             cols.append(-(g_train.gram(g_test) - left.T @ u.gram(g_test)) / damping)
     finally:
         featurizer.close()
@@ -149,9 +164,31 @@ def if_ggn(fm: FunctionalModel, train: Subset, test: Subset, damping: float, chu
 
 
 def conjugate_gradient(
-    hvp, rhs: torch.Tensor, damping: float, tol: float = 1e-6, max_iter: int = 1000, chunk: int = HVP_CHUNK
-):
-    """Solve (H + damping·I) x = b for every row b of `rhs` at once (independent CG runs, vmapped HVPs)."""
+    hvp, rhs: torch.Tensor, damping: float, tol: float = 1e-6, max_iter: int = 1000, chunk: int = HVP_CHUNK,
+    out: torch.Tensor | None = None,
+):  # fmt: skip
+    """Solve (H + damping·I) x = b for every row b of `rhs`: independent CG runs, `chunk` rows at a time.
+
+    A block of rows is one vmapped HVP per iteration, and its CG state (x, r, p and their temporaries,
+    ~10 rows each) is all the memory CG adds, whatever len(rhs) is: all rows at once held ~10 copies of
+    `rhs`, 10 GB for CIFAR10-50pc in float64 (BENCHMARKS.md, peak memory). The solutions go to `out`
+    (default: a new tensor); `out=rhs` overwrites the right-hand sides, each block once it is solved.
+    """
+    x = torch.empty_like(rhs) if out is None else out
+    infos = []
+    for lo in range(0, len(rhs), chunk):
+        solution, info = _cg_block(hvp, rhs[lo : lo + chunk], damping, tol, max_iter)
+        x[lo : lo + chunk] = solution
+        infos.append(info)
+    rel_res = torch.cat([i.pop("rel_res") for i in infos])
+    info = {"iterations": max(i["iterations"] for i in infos), "converged": bool((rel_res <= tol).all()),
+            "max_rel_residual": rel_res.max().item(),
+            "negative_curvature_rows": sum(i["negative_curvature_rows"] for i in infos), "tol": tol}  # fmt: skip
+    return x, info
+
+
+def _cg_block(hvp, rhs: torch.Tensor, damping: float, tol: float, max_iter: int):
+    """CG for the rows of `rhs` at once, one vmapped HVP per iteration over the rows still running."""
     x = torch.zeros_like(rhs)
     r = rhs.clone()
     p = r.clone()
@@ -162,7 +199,7 @@ def conjugate_gradient(
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007
         idx = active.nonzero().squeeze(1)
-        ap = _batched(hvp, p[idx], chunk) + damping * p[idx]
+        ap = vmap(hvp)(p[idx]) + damping * p[idx]
         curvature = (p[idx] * ap).sum(1)
         bad = curvature <= 0
         negative_curvature[idx[bad]] = True
@@ -176,10 +213,11 @@ def conjugate_gradient(
         active[idx[done]] = False
         if not active.any():
             break
-    rel_res = rs.sqrt() / b_norm
-    info = {"iterations": it, "converged": bool((rel_res <= tol).all()), "max_rel_residual": rel_res.max().item(),
-            "negative_curvature_rows": int(negative_curvature.sum()), "tol": tol}  # fmt: skip
-    return x, info
+    return x, {
+        "iterations": it,
+        "negative_curvature_rows": int(negative_curvature.sum()),
+        "rel_res": rs.sqrt() / b_norm,
+    }
 
 
 def lanczos_extremes(hvp, v0: torch.Tensor, steps: int = 30) -> tuple[float, float]:
@@ -213,14 +251,17 @@ def if_cg(fm: FunctionalModel, train: Subset, test: Subset, damping: float, tol:
     Raises UserError when CG does not reach `tol` for every row (negative curvature or `max_iter`).
     """
     g_train = fm.per_sample_grads(train.x, train.y)
-    hvp = fm.hvp_fn(train.x, train.y)
-    x, info = conjugate_gradient(hvp, g_train, damping, tol, max_iter, fm.hvp_chunk)
-    start = torch.randn(g_train.shape[1], generator=torch.Generator().manual_seed(0), dtype=g_train.dtype)
-    lo, hi = lanczos_extremes(hvp, start.to(g_train.device))
+    width = min(len(g_train), fm.hvp_chunk)
+    x, info = conjugate_gradient(
+        fm.hvp_fn(train.x, train.y, width), g_train, damping, tol, max_iter, width, out=g_train
+    )
+    del g_train  # the solutions were written over it
+    start = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    lo, hi = lanczos_extremes(fm.hvp_fn(train.x, train.y), start.to(x.device))
     info["hessian_ritz_min_max"] = [lo, hi]  # 30 Lanczos steps: λ_min(H) ≤ lo, λ_max(H) ≥ hi
     if not info["converged"]:
         cause = (
-            f"{info['negative_curvature_rows']} of {len(g_train)} rows met negative curvature"
+            f"{info['negative_curvature_rows']} of {len(x)} rows met negative curvature"
             if info["negative_curvature_rows"]
             else f"the residual is still {info['max_rel_residual']:.2g} after {info['iterations']} iterations"
         )

@@ -6,9 +6,15 @@ architecture, seeds, hyperparameters), so no flag is repeated and mismatches are
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import resource  # Unix only
+except ImportError:  # pragma: no cover
+    resource = None
 
 import torch
 from tqdm.auto import tqdm
@@ -169,6 +175,19 @@ def compute(method: str, samples: SeedSamples, options: dict, device) -> tuple[t
     )
 
 
+def peak_memory_gib(device) -> dict:
+    """Peak memory of this process so far: resident (with its finished worker processes, e.g. LOO's) and,
+    on a GPU, torch's allocations. Recorded in every score file, so an experiment's memory is known."""
+    peak = {}
+    if resource is not None:
+        scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
+        rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        peak["rss"] = round(rss / scale, 3)
+    if torch.device(device).type == "cuda":
+        peak["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return peak
+
+
 def run_method(method: str, model: str, task: str, num_per_class: int, seeds: list[int], out_root: Path, data_root: Path,
                device, options: dict, overwrite: bool = False) -> dict[int, Path | None]:  # fmt: skip
     """Write `method`'s score file for every seed not already done; {seed: path, or None if skipped}."""
@@ -185,7 +204,8 @@ def run_method(method: str, model: str, task: str, num_per_class: int, seeds: li
         config = {
             "method": method, "options": options, "checkpoint_config": ckpt_cfg, "device": str(device),
             "fp32_precision": torch.backends.cudnn.conv.fp32_precision,  # TF32 or IEEE convs on a GPU
-            "wall_time_s": round(time.perf_counter() - start, 3), "diagnostics": diagnostics,
+            "wall_time_s": round(time.perf_counter() - start, 3), "peak_memory_gib": peak_memory_gib(device),
+            "diagnostics": diagnostics,
             "versions": {"bayestda": __version__, "torch": str(torch.__version__)},
         }  # fmt: skip
         save_scores(path, scores, samples.train.idx, samples.test.idx, samples.epochs, seed, method, config)

@@ -106,6 +106,22 @@ def test_paper_lissa_equals_per_test_point_recursion(case):
     torch.testing.assert_close(got, ref, **case.same_recursion)
 
 
+def test_in_place_lissa_is_the_written_out_recursion_bit_for_bit():
+    """lissa_transposed updates its buffers in place (memory); in float32 it must still give the same bits as
+    w ← (1 − d)·w − H_k w / s written out, with HVP chunks that do not divide the rows."""
+    train = toy_data(20, dtype=torch.float32)
+    fm = FunctionalModel(trained_tiny(toy_data(20), steps=50).float(), hvp_chunk=3)
+    vectors = fm.per_sample_grads(train.x, train.y)
+    batches = influence.lissa_batches(train, 8)
+    w, ref = vectors, vectors.clone()
+    for xb, yb in batches[::-1]:
+        w = (1 - 5e-3) * w - torch.cat([torch.func.vmap(fm.hvp_fn(xb, yb))(b) for b in w.split(3)]) / 10.0
+        ref += w
+    kept = vectors.clone()
+    got = influence.lissa_transposed(fm, vectors, batches, 5e-3, 10.0)
+    assert torch.equal(got, ref) and torch.equal(vectors, kept)  # the input is not overwritten
+
+
 def test_paper_lissa_diagnostics_on_the_paper_setting(case):
     """With scale 1e4 and ~n/8 steps, s_test ≈ (steps+1)·v/scale: IF_paper is almost exactly a scaled GD."""
     fm = FunctionalModel(case.model)
@@ -142,6 +158,30 @@ def test_cg_refuses_an_indefinite_damped_hessian(case):
         influence.if_cg(fm, case.train, case.test, damping=-eig[0].item() / 100, tol=1e-10, max_iter=500)
     with pytest.raises(UserError, match=r"residual is still .* after 2 iterations.*--max_iter"):
         influence.if_cg(fm, case.train, case.test, damping=1.0, tol=1e-10, max_iter=2)
+
+
+def test_cg_in_row_blocks_equals_all_rows_at_once(case):
+    """CG solves `chunk` right-hand sides at a time (memory); blocks that do not divide the rows give the same
+    solutions, and the merged info (iterations, residual, negative curvature) covers every block."""
+    fm = FunctionalModel(case.model)
+    hvp, rhs = fm.hvp_fn(case.train.x, case.train.y), case.g_train
+    x_all, info_all = influence.conjugate_gradient(hvp, rhs, 5.0, tol=1e-10, max_iter=500, chunk=len(rhs))
+    x_blocks, info = influence.conjugate_gradient(hvp, rhs, 5.0, tol=1e-10, max_iter=500, chunk=7)  # 7 + 7 + 6
+    torch.testing.assert_close(x_blocks, x_all, **case.same_recursion)
+    assert info["converged"] and info["max_rel_residual"] <= 1e-10 and info["iterations"] == info_all["iterations"]
+    # a negative definite operator: every row of both blocks (2 + 1) stops at once, x = 0
+    _, info = influence.conjugate_gradient(lambda v: -v, torch.ones(3, 4, dtype=torch.float64), damping=0.5, chunk=2)
+    assert info["negative_curvature_rows"] == 3 and not info["converged"] and info["max_rel_residual"] == 1.0
+
+
+def test_hvp_over_sample_blocks_equals_the_explicit_hessian(case):
+    """hvp_fn sums the HVPs of sample blocks, smaller the more vectors a call carries (`width`): any block
+    size gives H v of the mean loss over all samples."""
+    hess = explicit_hessian(case.model, case.train)
+    vectors = torch.randn(5, len(hess), generator=torch.Generator().manual_seed(0), dtype=hess.dtype)
+    for chunk, width in ((3, 16), (3, 4), (64, 5)):  # blocks of 1, of 3 (the last of 2), of all 20 samples
+        hvp = FunctionalModel(case.model, chunk=chunk).hvp_fn(case.train.x, case.train.y, width=width)
+        torch.testing.assert_close(torch.func.vmap(hvp)(vectors), vectors @ hess, **case.same_recursion)
 
 
 def test_cg_reports_negative_curvature():

@@ -179,9 +179,10 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
             for s in map(int, SEED_IDS)]  # fmt: skip
     assert f"| 2 | {sum(accs) / 2:.2f} |" in report
     for method in METHODS:
-        secs = [torch.load(score_file(by_runner, "cnn", method, "mnist3", 10, s), weights_only=False)["config"]["wall_time_s"]
-                for s in map(int, SEED_IDS)]  # fmt: skip
-        assert f"| {method} | 2 | {sum(secs) / 2:.1f} |" in report
+        configs = [torch.load(score_file(by_runner, "cnn", method, "mnist3", 10, s), weights_only=False)["config"]
+                   for s in map(int, SEED_IDS)]  # fmt: skip
+        secs, rss = [c["wall_time_s"] for c in configs], [c["peak_memory_gib"]["rss"] for c in configs]
+        assert f"| {method} | 2 | {sum(secs) / 2:.1f} | {sum(secs):.1f} | {max(rss):.2f} |" in report
     summary = pd.read_csv(by_runner / "results/cnn_mnist3_10pc/summary.csv")
     row = summary[(summary.method == "loo-scratch") & (summary.num_ckpts == 2) & (summary.p_type == "t")].iloc[0]
     assert f"| loo-scratch | {row.frac_sigma_above_abs_mu:.3f} |" in report

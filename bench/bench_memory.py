@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Peak memory of each TDA method on one posterior sample of an experiment (issue #3: ≤ 4 GiB for any CNN experiment).
+
+Each method runs in a fresh process on the last checkpoint of one seed, through the same scorer as step 2
+(`bayestda.methods.runner`), and the process reports its peak resident memory (with its worker processes).
+Memory does not grow with the number of LiSSA steps, CG iterations or LOO retrains, so each can be cut short to
+keep the run quick (`--lissa_steps`, `--cg_iters`, `--loo_retrains`); the output says when they were. Needs the
+seed trained.
+
+usage: python bench/bench_memory.py --task cifar10 --num_per_class 50 [--seed_id 0] [--methods gd,ats,if-paper,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+METHODS = ("gd", "gc", "ats", "if-paper", "if-ggn", "if-cg", "loo-scratch", "loo-paper")
+
+
+def peak_rss_gib() -> float:
+    return max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20
+
+
+def step_options(method: str, args) -> dict:
+    """The options step 2 would use for `method` with its default flags (dtype, chunks, damping, workers...)."""
+    from bayestda.methods.cli import parse_method_args
+
+    family, _, variant = method.partition("-")
+    flag = {"if": ["--solver", variant], "loo": ["--protocol", variant]}.get(family, [])
+    argv = ["--task", args.task, "--num_per_class", str(args.num_per_class), "--device", "cpu", *flag]
+    if args.chunk and family != "loo":
+        argv += ["--chunk", str(args.chunk)]
+    return parse_method_args("", family, "cnn", argv)[2]
+
+
+def measure_one(args) -> dict:
+    """Run one method on the seed's last checkpoint in this process; its peak RSS and wall time."""
+    import torch
+
+    from bayestda import families
+    from bayestda.errors import UserError
+    from bayestda.methods import influence, loo
+    from bayestda.methods.runner import FunctionalModel, checkpoint_scorer, load_seed_samples
+    from bayestda.paths import REPO_ROOT, resolve_data_root
+    from bayestda.training import TrainConfig, batch_orders
+
+    torch.set_num_threads(args.threads)
+    options = step_options(args.method, args)
+    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
+    samples = load_seed_samples(args.model, args.task, args.num_per_class, args.seed_id, out_root,
+                                resolve_data_root(args.data_root))  # fmt: skip
+    last, cut = samples.checkpoints[-1], ""
+    start = time.perf_counter()
+    if args.method.startswith("loo-"):
+        protocol, cfg = args.method.split("-")[1], last["config"]
+        ctx = loo.RetrainContext(
+            config=cfg, train_data=samples.train, test_data=samples.test, cfg=TrainConfig.from_config(cfg),
+            orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]),
+            start_states=[] if protocol == "scratch" else [last["state_dict"]],
+            eval_epochs=tuple(samples.epochs) if protocol == "scratch" else (cfg["epochs"],),
+        )  # fmt: skip
+        start_at = None if protocol == "scratch" else 0
+        jobs = [loo.Retrain(j, start=start_at, zero_weight=protocol != "scratch") for j in range(args.loo_retrains)]
+        loo.run_retrains(ctx, jobs, options["workers"], desc=args.method)
+        total = len(samples.train) + 1 if protocol == "scratch" else len(samples.epochs) * len(samples.train)
+        cut = f"{len(jobs)} of {total} retrains, {options['workers']} workers"
+    else:
+        if args.method == "if-paper" and args.lissa_steps:
+            full = influence.lissa_batches
+            influence.lissa_batches = lambda train, batch_size: full(train, batch_size)[: args.lissa_steps]
+            cut = f"LiSSA cut to {args.lissa_steps} of {len(full(samples.train, 8))} steps"
+        dtype = getattr(torch, options.get("dtype", "float32"))
+        model = families.from_state(last["config"], last["state_dict"]).to(dtype=dtype).eval()
+        train, test = (type(d)(d.x.to(dtype), d.y, d.idx) for d in (samples.train, samples.test))
+        memory = {k: options[k] for k in ("chunk", "hvp_chunk")}
+        if args.method == "if-cg" and args.cg_iters:
+            options["max_iter"] = args.cg_iters
+            cut = f"CG cut to {args.cg_iters} iterations"
+        try:
+            checkpoint_scorer(args.method, options, last["config"])(FunctionalModel(model, **memory), train, test)
+        except UserError:  # a CG cut short has not converged: its memory was measured all the same
+            if not args.cg_iters:
+                raise
+        cut = (cut + ", " if cut else "") + f"{dtype}".replace("torch.", "")
+    return {"method": args.method, "peak_rss_gib": peak_rss_gib(), "wall_s": time.perf_counter() - start, "cut": cut}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cnn", help="model family of the experiment (cnn, cnn3)")
+    parser.add_argument("--task", default="cifar10", help="mnist3 or cifar10")
+    parser.add_argument("--num_per_class", type=int, default=50, help="training images per class")
+    parser.add_argument("--seed_id", type=int, default=0, help="which trained seed to load")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to measure")
+    parser.add_argument("--lissa_steps", type=int, default=3,
+                        help="if-paper: LiSSA steps to run (0: all); memory is the same at every step")  # fmt: skip
+    parser.add_argument("--chunk", type=int, default=0, help="step 2's --chunk (0: its default)")
+    parser.add_argument("--cg_iters", type=int, default=0,
+                        help="if-cg: CG iterations to run (0: to its tolerance); memory is the same at every one")  # fmt: skip
+    parser.add_argument("--loo_retrains", type=int, default=4, help="LOO: retrains to run; each is alike in memory")
+    parser.add_argument("--out_root", help="root of models/ (default: this repository)")
+    parser.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per method process (LOO: per worker, 1)")
+    parser.add_argument("--method", help=argparse.SUPPRESS)  # internal: measure this one method in this process
+    args = parser.parse_args()
+    if args.method:
+        print(json.dumps(measure_one(args)))
+        return
+    print(f"{args.model} {args.task} {args.num_per_class}pc, seed_id {args.seed_id}, last checkpoint; one process each")
+    print(f"{'method':12s} {'peak RSS GiB':>12s} {'wall s':>8s}  cut short")
+    for method in args.methods.split(","):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{method:12s} failed: {proc.stderr.strip().splitlines()[-1]}", flush=True)
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{method:12s} {row['peak_rss_gib']:12.2f} {row['wall_s']:8.1f}  {row['cut']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
