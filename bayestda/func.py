@@ -76,12 +76,10 @@ class FunctionalModel:
         params = self.params if params is None else params
         chunk = chunk or self.chunk
         g = vmap(grad(self.sample_loss), in_dims=(None, 0, 0))
-        out = None  # one [N, P] buffer filled chunk by chunk: concatenating a list of chunks holds two copies
+        # one [N, P] buffer filled chunk by chunk: concatenating a list of chunks holds two copies
+        out = next(iter(params.values())).new_empty(len(x), sum(p.numel() for p in params.values()))
         for lo in range(0, len(x), chunk):
-            rows = flatten(g(params, x[lo : lo + chunk], y[lo : lo + chunk]), batch_dims=1)
-            if out is None:
-                out = rows.new_empty(len(x), rows.shape[1])
-            out[lo : lo + len(rows)] = rows
+            out[lo : lo + chunk] = flatten(g(params, x[lo : lo + chunk], y[lo : lo + chunk]), batch_dims=1)
         return out
 
     def hvp_fn(self, x: torch.Tensor, y: torch.Tensor, width: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -23,10 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METHODS = ("gd", "gc", "ats", "if-paper", "if-ggn", "if-cg", "loo-scratch", "loo-paper")
-
-
-def peak_rss_gib() -> float:
-    return max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20
 
 
 def step_options(method: str, args) -> dict:
@@ -42,55 +37,52 @@ def step_options(method: str, args) -> dict:
 
 
 def measure_one(args) -> dict:
-    """Run one method on the seed's last checkpoint in this process; its peak RSS and wall time."""
+    """Run one method on the seed's last checkpoint in this process, through step 2's own code; its peak RSS
+    and wall time."""
     import torch
 
-    from bayestda import families
     from bayestda.errors import UserError
     from bayestda.methods import influence, loo
-    from bayestda.methods.runner import FunctionalModel, checkpoint_scorer, load_seed_samples
+    from bayestda.methods.runner import compute, load_seed_samples, peak_memory_gib, retrain_context
     from bayestda.paths import REPO_ROOT, resolve_data_root
-    from bayestda.training import TrainConfig, batch_orders
 
     torch.set_num_threads(args.threads)
     options = step_options(args.method, args)
     out_root = Path(args.out_root) if args.out_root else REPO_ROOT
     samples = load_seed_samples(args.model, args.task, args.num_per_class, args.seed_id, out_root,
                                 resolve_data_root(args.data_root))  # fmt: skip
-    last, cut = samples.checkpoints[-1], ""
+    cuts = []
     start = time.perf_counter()
-    if args.method.startswith("loo-"):
-        protocol, cfg = args.method.split("-")[1], last["config"]
-        ctx = loo.RetrainContext(
-            config=cfg, train_data=samples.train, test_data=samples.test, cfg=TrainConfig.from_config(cfg),
-            orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]),
-            start_states=[] if protocol == "scratch" else [last["state_dict"]],
-            eval_epochs=tuple(samples.epochs) if protocol == "scratch" else (cfg["epochs"],),
-        )  # fmt: skip
-        start_at = None if protocol == "scratch" else 0
+    if args.method.startswith("loo-"):  # a few of the seed's retrains (from its last checkpoint, for continuations)
+        protocol = args.method.split("-")[1]
+        ctx = retrain_context(protocol, samples, "cpu")
+        start_at = None if protocol == "scratch" else len(ctx.start_states) - 1
         jobs = [loo.Retrain(j, start=start_at, zero_weight=protocol != "scratch") for j in range(args.loo_retrains)]
         loo.run_retrains(ctx, jobs, options["workers"], desc=args.method)
         total = len(samples.train) + 1 if protocol == "scratch" else len(samples.epochs) * len(samples.train)
-        cut = f"{len(jobs)} of {total} retrains, {options['workers']} workers"
+        cuts.append(f"{len(jobs)} of {total} retrains, {options['workers']} workers")
     else:
+        samples.checkpoints = samples.checkpoints[-1:]
         if args.method == "if-paper" and args.lissa_steps:
             full = influence.lissa_batches
             influence.lissa_batches = lambda train, batch_size: full(train, batch_size)[: args.lissa_steps]
-            cut = f"LiSSA cut to {args.lissa_steps} of {len(full(samples.train, 8))} steps"
-        dtype = getattr(torch, options.get("dtype", "float32"))
-        model = families.from_state(last["config"], last["state_dict"]).to(dtype=dtype).eval()
-        train, test = (type(d)(d.x.to(dtype), d.y, d.idx) for d in (samples.train, samples.test))
-        memory = {k: options[k] for k in ("chunk", "hvp_chunk")}
+            cuts.append(f"LiSSA cut to {args.lissa_steps} of {len(full(samples.train, 8))} steps")
         if args.method == "if-cg" and args.cg_iters:
             options["max_iter"] = args.cg_iters
-            cut = f"CG cut to {args.cg_iters} iterations"
+            cuts.append(f"CG cut to {args.cg_iters} iterations")
         try:
-            checkpoint_scorer(args.method, options, last["config"])(FunctionalModel(model, **memory), train, test)
+            compute(args.method, samples, options, "cpu")
         except UserError:  # a CG cut short has not converged: its memory was measured all the same
             if not args.cg_iters:
                 raise
-        cut = (cut + ", " if cut else "") + f"{dtype}".replace("torch.", "")
-    return {"method": args.method, "peak_rss_gib": peak_rss_gib(), "wall_s": time.perf_counter() - start, "cut": cut}
+        cuts.append(options.get("dtype", "float32"))
+    wall = time.perf_counter() - start
+    return {
+        "method": args.method,
+        "peak_rss_gib": peak_memory_gib("cpu")["rss"],
+        "wall_s": wall,
+        "cut": ", ".join(cuts),
+    }
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from bayestda.data import load_subset
 from bayestda.func import FunctionalModel
 from bayestda.methods import ats, influence, loo
 from bayestda.methods.grad_similarity import grad_dot_and_cos
+from bayestda.methods.runner import peak_memory_gib
 from bayestda.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
 from bayestda.training import TrainConfig, batch_orders, init_model
 
@@ -41,12 +41,6 @@ def report(name, fast_s, ref_s, ref_label, target=None):
     ratio = ref_s / fast_s
     tgt = f"  (target ≤ {target} s: {'met' if fast_s <= target else 'NOT met'})" if target else ""
     print(f"{name:34s} {fast_s:8.2f} s   vs {ref_label}: {ref_s:8.1f} s   speed-up ×{ratio:6.1f}{tgt}", flush=True)
-
-
-def peak_rss_gib() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 2**20
 
 
 def bench_gd(fm, model, train, test):
@@ -186,7 +180,7 @@ def main():
         bench_if(fm, model, train, test)
     if "loo" in only:
         bench_loo(seed_dir, train, test, args.loo_retrains, args.workers)
-    print(f"peak resident memory: {peak_rss_gib():.2f} GiB (largest of this process and its workers)")
+    print(f"peak resident memory: {peak_memory_gib('cpu')['rss']:.2f} GiB (largest of this process and its workers)")
 
 
 if __name__ == "__main__":

@@ -37,11 +37,10 @@ GGN_DAMPING = 0.01
 CG_DAMPING = PAPER_LISSA["damping"] * PAPER_LISSA["scale"]  # 50: (H + 50 I)⁻¹ is where LiSSA converges to
 
 
-def _batched(fn, vectors: torch.Tensor, chunk: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def _batched(fn, vectors: torch.Tensor, chunk: int, out: torch.Tensor) -> torch.Tensor:
     """fn (a map from a row to a row of the same shape) applied to every row of `vectors` with vmap, `chunk`
-    rows at a time, written into `out` (default: a new tensor). Filling one buffer, rather than concatenating
-    the blocks, keeps one copy of the result in memory instead of two."""
-    out = torch.empty_like(vectors) if out is None else out
+    rows at a time, written into `out`. Filling one buffer, rather than concatenating the blocks, keeps one
+    copy of the result in memory instead of two."""
     for block, dest in zip(vectors.split(chunk), out.split(chunk), strict=True):
         dest.copy_(vmap(fn)(block))
     return out

@@ -143,19 +143,26 @@ def resolve_stack(stack: int | str, config: dict, device) -> int:
     return loo.AUTO_STACK.get(torch.device(device).type, 1) if stack == "auto" else int(stack)
 
 
+def retrain_context(protocol: str, samples: SeedSamples, device, loss_dtype: torch.dtype = torch.float32):
+    """What every LOO retrain of a seed shares: `scratch` retrains from the initialisation and is read at the
+    checkpoints' epochs; `paper`/`paired` continue from each checkpoint and are read at the last epoch."""
+    cfg = samples.configs[0]
+    scratch = protocol == "scratch"
+    return loo.RetrainContext(
+        config=cfg, train_data=samples.train, test_data=samples.test.to(device),
+        cfg=TrainConfig.from_config(cfg), orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]),
+        start_states=[] if scratch else [c["state_dict"] for c in samples.checkpoints],
+        eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device), loss_dtype=loss_dtype,
+    )  # fmt: skip
+
+
 def loo_seed_scores(
     protocol: str, samples: SeedSamples, workers: int, device, loss_dtype: torch.dtype = torch.float32,
     stack: int | str = 1,
 ) -> tuple[torch.Tensor, list[dict]]:  # fmt: skip
     """LOO retrains one seed as a whole (`scratch`), or continues from each of its checkpoints."""
     cfg = samples.configs[0]
-    scratch = protocol == "scratch"
-    ctx = loo.RetrainContext(
-        config=cfg, train_data=samples.train, test_data=samples.test.to(device),
-        cfg=TrainConfig.from_config(cfg), orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]),
-        start_states=[] if scratch else [c["state_dict"] for c in samples.checkpoints],
-        eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device), loss_dtype=loss_dtype,
-    )  # fmt: skip
+    ctx = retrain_context(protocol, samples, device, loss_dtype)
     base = torch.stack([evaluate(m, samples.test, loss_dtype)[0] for m in samples.models(device)])
     stack = resolve_stack(stack, cfg, device)
     scores, diag = loo.loo_scores(protocol, ctx, base, workers, stack)
