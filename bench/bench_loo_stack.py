@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayestda.allocator import retain_freed_memory
 from bayestda.cli import resolve_device
 from bayestda.data import get_task, load_subset
 from bayestda.methods import loo
@@ -49,6 +50,7 @@ def main():
     p.add_argument("--reference_retrains", type=int, default=8, help="one-at-a-time retrains timed and scaled")
     p.add_argument("--data_root", default=None)
     args = p.parse_args()
+    retain_freed_memory()  # as the step scripts do (cli.run)
     device = resolve_device(args.device)
     data_root = resolve_data_root(args.data_root)
     train = load_subset(args.task, "train", args.num_per_class, data_root, REPO_ROOT)

@@ -41,11 +41,13 @@ def measure_one(args) -> dict:
     and wall time."""
     import torch
 
+    from bayestda.allocator import retain_freed_memory
     from bayestda.errors import UserError
     from bayestda.methods import influence, loo
     from bayestda.methods.runner import compute, load_seed_samples, peak_memory_gib, retrain_context
     from bayestda.paths import REPO_ROOT, resolve_data_root
 
+    retain_freed_memory()  # as step 2 does (cli.run)
     torch.set_num_threads(args.threads)
     options = step_options(args.method, args)
     out_root = Path(args.out_root) if args.out_root else REPO_ROOT

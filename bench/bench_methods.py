@@ -5,13 +5,14 @@ Setting (issue): MNIST3-50pc, 2-layer CNN (225k parameters), 150 train × 900 te
 Slow references that would take minutes are timed on a subset and scaled linearly; the output says so.
 Needs a trained seed: python train_cnn.py --task mnist3 --num_per_class 50 --seed_id 0
 
-usage: python bench/bench_methods.py [--only gd,ats,if,loo] [--loo_retrains 8]
+usage: python bench/bench_methods.py [--only gd,ats,if,loo] [--loo_retrains 8] [--malloc_defaults]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayestda.allocator import DEFAULTS_ENV, retain_freed_memory
 from bayestda.checkpoints import load_checkpoint, read_checkpoint
 from bayestda.data import load_subset
 from bayestda.func import FunctionalModel
@@ -161,7 +163,12 @@ def main():
     p.add_argument("--loo_retrains", type=int, default=8, help="retrains the slow LOO reference is timed on")
     p.add_argument("--workers", type=int, default=2, help="LOO worker processes")
     p.add_argument("--data_root", default=None)
+    p.add_argument("--malloc_defaults", action="store_true",
+                   help="keep glibc's malloc defaults (as before session 12) instead of bayestda.allocator's settings")  # fmt: skip
     args = p.parse_args()
+    if args.malloc_defaults:
+        os.environ[DEFAULTS_ENV] = "1"  # LOO's worker processes inherit it
+    malloc = "bayestda.allocator settings" if retain_freed_memory() else "glibc malloc defaults"
     torch.manual_seed(0)
     data_root = resolve_data_root(args.data_root)
     train = load_subset("mnist3", "train", 50, data_root, REPO_ROOT)
@@ -170,7 +177,7 @@ def main():
     model, cfg = load_checkpoint(checkpoint_file(seed_dir, 15))
     fm = FunctionalModel(model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MNIST3-50pc seed 0 epoch 15, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters", flush=True)  # fmt: skip
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, {malloc}", flush=True)  # fmt: skip
     only = set(args.only.split(","))
     if "gd" in only:
         bench_gd(fm, model, train, test)

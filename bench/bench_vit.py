@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayestda.allocator import retain_freed_memory
 from bayestda.checkpoints import load_checkpoint
 from bayestda.cli import resolve_device
 from bayestda.data import load_subset
@@ -104,6 +105,7 @@ def main():
     p.add_argument("--hvp_chunk", type=int, default=MEMORY["vit"]["hvp_chunk"])
     p.add_argument("--data_root", default=None)
     args = p.parse_args()
+    retain_freed_memory()  # as the step scripts do (cli.run)
     device = resolve_device(args.device)
     data_root = resolve_data_root(args.data_root)
     name = (

@@ -27,6 +27,7 @@ import torch
 from torch.func import vmap
 from tqdm.auto import tqdm
 
+from ..allocator import keep_freed
 from ..data import Subset
 from ..errors import UserError
 from ..func import HVP_CHUNK, FunctionalModel, cross_entropy_hessian_factor
@@ -35,6 +36,10 @@ from .features import GradFeaturizer
 PAPER_LISSA = {"damping": 5e-3, "scale": 1e4, "batch_size": 8, "passes": 1, "repeats": 1}
 GGN_DAMPING = 0.01
 CG_DAMPING = PAPER_LISSA["damping"] * PAPER_LISSA["scale"]  # 50: (H + 50 I)⁻¹ is where LiSSA converges to
+# Free heap memory that LiSSA and its diagnostics keep between HVPs (`allocator.keep_freed`): each HVP frees
+# ≈ 0.2 GB of small blocks (MNIST3-50pc), and giving them back made half of LiSSA's time page faults. Their peak
+# memory is ≥ 0.8 GiB below the 4 GiB budget at CIFAR10-50pc; IF-cg's is not, so CG proper keeps the defaults.
+LISSA_KEEP_FREED = 2**30
 
 
 def _batched(fn, vectors: torch.Tensor, chunk: int, out: torch.Tensor) -> torch.Tensor:
@@ -78,10 +83,11 @@ def lissa_transposed(
     each is 0.5 GB, and the out-of-place form held up to seven at once (BENCHMARKS.md, peak memory).
     """
     w, total, hvps = vectors.clone(), vectors.clone(), torch.empty_like(vectors)
-    for xb, yb in tqdm(batches[::-1], desc="LiSSA", unit="batch", leave=False):
-        _batched(fm.hvp_fn(xb, yb), w, chunk or fm.hvp_chunk, out=hvps)  # batches of 8 (ViT 32): small already
-        w.mul_(1 - damping).sub_(hvps.div_(scale))  # (1 − d)·w − H_k w / s, the same float ops as written out
-        total += w
+    with keep_freed(LISSA_KEEP_FREED):
+        for xb, yb in tqdm(batches[::-1], desc="LiSSA", unit="batch", leave=False):
+            _batched(fm.hvp_fn(xb, yb), w, chunk or fm.hvp_chunk, out=hvps)  # batches of 8 (ViT 32): small already
+            w.mul_(1 - damping).sub_(hvps.div_(scale))  # (1 − d)·w − H_k w / s, the same float ops as written out
+            total += w
     return total
 
 
@@ -102,14 +108,15 @@ def lissa_diagnostics(fm: FunctionalModel, train: Subset, g_train: torch.Tensor,
     steps = math.ceil(len(train) / batch_size)
     pure_damping_factor = sum((1 - damping) ** i for i in range(steps + 1)) / scale  # s_test if H were 0
     probe = torch.linspace(0, len(train) - 1, min(n_probe, len(train))).long()
-    fixed, info = conjugate_gradient(
-        fm.hvp_fn(train.x, train.y, width=min(len(probe), fm.hvp_chunk)),
-        g_train[probe],
-        damping * scale,
-        tol=1e-6,
-        max_iter=500,
-        chunk=fm.hvp_chunk,
-    )
+    with keep_freed(LISSA_KEEP_FREED):  # a few probe vectors: memory is small, the HVPs churn as in LiSSA
+        fixed, info = conjugate_gradient(
+            fm.hvp_fn(train.x, train.y, width=min(len(probe), fm.hvp_chunk)),
+            g_train[probe],
+            damping * scale,
+            tol=1e-6,
+            max_iter=500,
+            chunk=fm.hvp_chunk,
+        )
     rel = ((s_train[probe] - fixed).norm(dim=1) / fixed.norm(dim=1)).tolist()
     ratio = (s_train[probe] * g_train[probe]).sum(1) / g_train[probe].square().sum(1)
     # least-squares fit IF ≈ −c·GD over all pairs, and how much of IF that explains

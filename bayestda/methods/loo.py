@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import families
+from ..allocator import retain_freed_memory
 from ..data import Subset
 from ..stacking import ModelStack
 from ..training import TrainConfig, evaluate, make_optimizer, train
@@ -149,6 +150,7 @@ _WORKER_CTX: RetrainContext | None = None
 def _init_worker(ctx: RetrainContext) -> None:
     global _WORKER_CTX
     torch.set_num_threads(1)
+    retain_freed_memory()  # a worker is a fresh process: without it every step faults in new pages
     _WORKER_CTX = ctx
 
 
