@@ -38,12 +38,10 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayestda import families
 from bayestda.allocator import retain_freed_memory
 from bayestda.errors import UserError
 from bayestda.methods import loo, runner
 from bayestda.paths import REPO_ROOT, resolve_data_root
-from bayestda.training import evaluate, train
 
 VARIANTS = ("default", "gelu-dense", "adam-fused", "compile", "stack")
 
@@ -75,11 +73,8 @@ class DenseGeluCNN(nn.Module):
 
 def retrain(ctx: loo.RetrainContext, job: loo.Retrain, variant: str) -> torch.Tensor:
     """`loo.run_retrain` with the variant's model and optimizer: [len(eval_epochs), n_test] test losses."""
-    if job.start is None:
-        model = families.init(ctx.config)
-    else:
-        model = families.from_state(ctx.config, ctx.start_states[job.start])
     parts = set(variant.split("+"))
+    model = loo.start_model(ctx, job)
     params = [p for p in model.parameters() if p.requires_grad]
     if "gelu-dense" in parts:
         model = DenseGeluCNN(model)
@@ -87,21 +82,7 @@ def retrain(ctx: loo.RetrainContext, job: loo.Retrain, variant: str) -> torch.Te
         model = torch.compile(model, dynamic=False)
     adam = {"fused": True} if "adam-fused" in parts else {"foreach": True}
     optimizer = torch.optim.Adam(params, lr=ctx.cfg.lr, weight_decay=ctx.cfg.weight_decay, **adam)
-    weight = exclude = None
-    if job.leave_out is not None and job.zero_weight:
-        weight = torch.ones(len(ctx.train_data))
-        weight[job.leave_out] = 0.0
-    elif job.leave_out is not None:
-        exclude = job.leave_out
-    losses = {}
-
-    def record(epoch, model, optimizer, train_loss):
-        if epoch in ctx.eval_epochs:
-            losses[epoch] = evaluate(model, ctx.test_data, ctx.loss_dtype)[0]
-
-    train(model, optimizer, ctx.train_data, ctx.orders, ctx.cfg, sample_weight=weight, exclude=exclude,
-          extras=families.train_extras(ctx.config), on_epoch_end=record)  # fmt: skip
-    return torch.stack([losses[e] for e in ctx.eval_epochs])
+    return loo.retrain_from(ctx, job, model, optimizer)
 
 
 def main():

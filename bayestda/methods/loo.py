@@ -63,12 +63,19 @@ class Retrain:
 
 def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
     """[len(eval_epochs), n_test] test losses of one retrain."""
+    model = start_model(ctx, job)
+    return retrain_from(ctx, job, model, make_optimizer(model, ctx.cfg))  # fresh Adam, as the original's LOO
+
+
+def start_model(ctx: RetrainContext, job: Retrain) -> torch.nn.Module:
+    """The model a retrain starts from: the seed's initialisation or one of its checkpoints, on ctx.device."""
     if job.start is None:
-        model = families.init(ctx.config)
-    else:
-        model = families.from_state(ctx.config, ctx.start_states[job.start])
-    model = model.to(ctx.device)
-    optimizer = make_optimizer(model, ctx.cfg)  # fresh Adam, as the original's LOO
+        return families.init(ctx.config).to(ctx.device)
+    return families.from_state(ctx.config, ctx.start_states[job.start]).to(ctx.device)
+
+
+def retrain_from(ctx: RetrainContext, job: Retrain, model, optimizer) -> torch.Tensor:
+    """The job's retrain of `model` (at its start) with `optimizer`; benchmarks pass other models or optimizers."""
     weight, exclude = None, None
     if job.leave_out is not None and job.zero_weight:
         weight = torch.ones(len(ctx.train_data))
