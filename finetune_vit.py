@@ -15,8 +15,8 @@ only the trainable LoRA and classifier tensors, and metrics.json; finished seeds
 
 from bayestda.cli import Parser, add_common_args, run
 from bayestda.ensemble import EnsembleSpec, add_training_args, train_main
+from bayestda.models.vit import DEFAULT_VIT
 from bayestda.training import PRECISIONS
-from bayestda.vit import DEFAULT_VIT
 
 
 def main():

@@ -15,9 +15,9 @@ Examples:
 
 from bayestda.cli import Parser, run
 from bayestda.data import load_split
+from bayestda.methods.registry import score_names
 from bayestda.paths import DATA_ROOT_ENV, resolve_data_root, resolve_out_root
 from bayestda.report import compare_experiments, experiment_report
-from bayestda.scores import METHODS
 from bayestda.statistics import parse_experiment_name
 
 
@@ -26,7 +26,7 @@ def main():
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="<model>_<task>_<n>pc, e.g. cnn_mnist3_10pc")
     which.add_argument("--compare", nargs="+", metavar="EXPERIMENT", help="experiments to set side by side")
-    p.add_argument("--methods", default=",".join(METHODS), help="methods to report (those with score files)")
+    p.add_argument("--methods", default=",".join(score_names()), help="methods to report (those with score files)")
     p.add_argument("--num_ckpts", type=int, default=5, help="checkpoints per seed for (a), (b) and --compare")
     p.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/; default: the repository")
     p.add_argument("--data_root", default=None,
@@ -40,7 +40,7 @@ def main():
     model, task, n = parse_experiment_name(args.experiment)
     data_root = resolve_data_root(args.data_root)
     labels = load_split(task, True, data_root)[1], load_split(task, False, data_root)[1]
-    print(experiment_report(out_root, model, task, n, methods, args.num_ckpts, labels))
+    print(experiment_report(out_root, model, task, n, methods, args.num_ckpts, labels, data_root))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,16 @@ def read_metrics(seed_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def finished_checkpoints(seed_dir: Path) -> list[Path] | None:
+    """The posterior-sample checkpoints of a finished training run, oldest first, or None if the run is not
+    finished: metrics.json (written last) must be there, and the checkpoints of its last epochs."""
+    metrics = read_metrics(seed_dir)
+    if metrics is None:
+        return None
+    paths = [checkpoint_file(seed_dir, e) for e in last_epochs(metrics["config"]["epochs"])]
+    return paths if all(p.is_file() for p in paths) else None
+
+
 def seed_is_complete(seed_dir: Path, config: dict) -> bool:
     """True when the run in `seed_dir` finished with this config; an error when it finished with another."""
     metrics = read_metrics(seed_dir)
@@ -63,13 +73,12 @@ def seed_is_complete(seed_dir: Path, config: dict) -> bool:
             f"{seed_dir} holds a run trained with other settings ({', '.join(diff)} differ); "
             "pass --overwrite to retrain it, or --out_root to write elsewhere"
         )
-    return all(checkpoint_file(seed_dir, e).is_file() for e in last_epochs(config["epochs"]))
+    return finished_checkpoints(seed_dir) is not None
 
 
 def seed_checkpoints(seed_dir: Path, train_command: str) -> list[Path]:
     """The posterior-sample checkpoints of a finished seed, oldest first; a clear error if unfinished."""
-    metrics = read_metrics(seed_dir)
-    paths = [] if metrics is None else [checkpoint_file(seed_dir, e) for e in last_epochs(metrics["config"]["epochs"])]
-    if metrics is None or not all(p.is_file() for p in paths):
+    paths = finished_checkpoints(seed_dir)
+    if paths is None:
         raise UserError(f"{seed_dir} has no finished training run; make it with: {train_command}")
     return paths

@@ -14,11 +14,16 @@ import torch
 from .allocator import retain_freed_memory
 from .data import TASKS
 from .errors import UserError
-from .paths import DATA_ROOT_ENV
+from .paths import DATA_ROOT_ENV, read_seeds
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the script's docstring kept as written."""
+    """Defaults in the help (except None: the help text says what is used), and the docstring kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.required or action.nargs == 0:  # nargs 0: a switch
+            return action.help
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,6 +51,29 @@ def add_common_args(p: argparse.ArgumentParser, *, num_per_class: bool = True, s
     )
     p.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/; default: the repository")
     p.add_argument("--overwrite", action="store_true", help="redo work whose outputs already exist")
+
+
+class _SeedIds(argparse.Action):
+    """--seed_ids K [K ...]: checked against seeds.txt, duplicates dropped (in order)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        n = len(read_seeds())
+        if bad := [k for k in values if not 0 <= k < n]:
+            parser.error(f"--seed_ids {bad} out of range: seeds.txt has {n} seeds, so use 0..{n - 1}")
+        setattr(namespace, self.dest, list(dict.fromkeys(values)))
+
+
+class _Renamed(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now --seed_ids: 0-based lines of seeds.txt, as --seed_id in steps 1 and 2")
+
+
+def add_seed_ids(p: argparse.ArgumentParser, group=None, what: str = "to use") -> None:
+    """--seed_ids, the one way to pick several seeds in every script: 0-based lines of seeds.txt, as --seed_id."""
+    group = group or p
+    group.add_argument("--seed_ids", type=int, nargs="+", action=_SeedIds, default=list(range(len(read_seeds()))),
+                       help=f"seed_ids {what}: 0-based lines of seeds.txt (as --seed_id); default: every seed")  # fmt: skip
+    group.add_argument("--seeds", nargs="*", action=_Renamed, help=argparse.SUPPRESS)
 
 
 def available_cores() -> int:

@@ -40,16 +40,13 @@ class TaskSpec:
     classes: tuple[int, ...]
     test_per_class: int
     epochs: int  # the paper's training budget
-    in_channels: int
-    kernel_size: int  # of the CNN's convolutions
+    image_shape: tuple[int, int, int]  # channels, height, width
     num_outputs: int = 10  # the paper keeps 10 logits for MNIST3 too
 
 
 TASKS = {
-    "mnist3": TaskSpec("mnist3", "mnist", (0, 1, 2), test_per_class=300, epochs=15, in_channels=1, kernel_size=3),
-    "cifar10": TaskSpec(
-        "cifar10", "cifar10", tuple(range(10)), test_per_class=50, epochs=30, in_channels=3, kernel_size=5
-    ),
+    "mnist3": TaskSpec("mnist3", "mnist", (0, 1, 2), test_per_class=300, epochs=15, image_shape=(1, 28, 28)),
+    "cifar10": TaskSpec("cifar10", "cifar10", tuple(range(10)), test_per_class=50, epochs=30, image_shape=(3, 32, 32)),
 }
 
 

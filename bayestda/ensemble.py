@@ -16,7 +16,7 @@ from .checkpoints import save_checkpoint, seed_is_complete
 from .cli import resolve_device
 from .data import Subset, get_task, load_subset
 from .io import atomic_write_json, remove_stale_temp_files
-from .models import ARCHS
+from .models.vit import DEFAULT_VIT, LoraSpec
 from .paths import (
     checkpoint_file,
     last_epochs,
@@ -26,9 +26,8 @@ from .paths import (
     seed_model_dir,
     select_seeds,
 )
-from .posterior import POSTERIOR_MODES, model_name, parse_model_name, posterior_seeds
+from .posterior import POSTERIOR_MODES, model_name, posterior_seeds
 from .training import TrainConfig, batch_orders, evaluate, make_optimizer, train
-from .vit import DEFAULT_VIT, LoraSpec, vit_run_config
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class EnsembleSpec:
 
     task: str
     num_per_class: int
-    arch: str = "cnn2"  # cnn2, cnn3 or vit
+    arch: str = "cnn2"  # an --arch of a model family (`families`): cnn2, cnn3, logreg; vit
     posterior: str = "de"
     epochs: int | None = None  # None: the paper's budget for the task
     model_name_or_path: str = DEFAULT_VIT  # vit: the backbone, a hub id or a local save_pretrained folder
@@ -45,12 +44,12 @@ class EnsembleSpec:
     precision: str = "fp32"  # vit: autocast dtype of the training forward pass on GPU
 
     @property
-    def family(self) -> str:
-        return "vit" if self.arch == "vit" else "cnn"
+    def family(self) -> families.ModelFamily:
+        return families.of_arch(self.arch)
 
     @property
     def model(self) -> str:
-        return model_name("vit" if self.family == "vit" else ARCHS[self.arch], self.posterior)
+        return model_name(self.family.archs[self.arch], self.posterior)
 
     @property
     def train_config(self) -> TrainConfig:
@@ -63,16 +62,14 @@ def indices_digest(idx: torch.Tensor) -> str:
 
 @cache
 def _family_config(spec: EnsembleSpec) -> dict:
-    if spec.family == "vit":
-        return vit_run_config(spec.model_name_or_path, spec.lora, spec.precision)
-    return {}
+    return spec.family.run_config(spec)
 
 
 def run_config(spec: EnsembleSpec, seed: int, train_data: Subset) -> dict:
     """Everything that shaped a seed's weights; stored in each checkpoint and in metrics.json."""
     init_seed, batch_seed = posterior_seeds(spec.posterior, seed)
     return {
-        "family": spec.family,
+        "family": spec.family.name,
         "model": spec.model,
         "arch": spec.arch,
         "task": spec.task,
@@ -129,7 +126,7 @@ def train_ensemble(
     spec: EnsembleSpec, seeds: list[int], data_root: Path, out_root: Path, device, overwrite: bool = False
 ):
     """Train every seed that is not already finished; returns {seed: metrics or None if skipped}."""
-    pixels = families.raw_pixels(spec.family)
+    pixels = spec.family.raw_pixels
     train_data = load_subset(spec.task, "train", spec.num_per_class, data_root, out_root, pixels)
     test_data = load_subset(spec.task, "test", None, data_root, out_root, pixels).to(device)
     seed_dirs = {seed: seed_model_dir(out_root, spec.model, spec.task, spec.num_per_class, seed) for seed in seeds}
@@ -144,18 +141,9 @@ def train_ensemble(
     return {seed: results[seed] for seed in seeds}
 
 
-def train_argv(model: str, task: str, num_per_class: int) -> list[str]:
-    """The step-1 script and flags that train the seeds of a model name such as `cnn3-deinit` or `vit`."""
-    base, posterior = parse_model_name(model)
-    if base == "vit":
-        return ["finetune_vit.py", "--task", task, "--num_per_class", str(num_per_class), "--posterior", posterior]
-    arch = {name: arch for arch, name in ARCHS.items()}[base]
-    flags = ["--task", task, "--num_per_class", str(num_per_class), "--arch", arch, "--posterior", posterior]
-    return ["train_cnn.py", *flags]
-
-
 def train_command(model: str, task: str, num_per_class: int) -> str:
-    return " ".join(["python", *train_argv(model, task, num_per_class)])
+    """The step-1 command that trains the seeds of a model name such as `cnn3-deinit` or `vit`."""
+    return " ".join(["python", *families.of_model(model).train_argv(model, task, num_per_class)])
 
 
 def add_training_args(p) -> None:

@@ -1,39 +1,155 @@
 """Model families: how a run config becomes a model, what its checkpoints hold, what its inputs are.
 
-Every later step rebuilds a model from the config stored in its checkpoint, so this is the one place
-that knows the difference between the CNNs and the ViT:
+A family is declared once, in its own module under `bayestda/models/`, as a `ModelFamily` passed to
+`register`: `cnn.py` (the paper's CNNs), `vit.py` (ViT-B/16 with LoRA) and `logreg.py` (a linear softmax
+classifier, the convex control). Everything else asks the family: the training step and its script, the step-2 script folder,
+how a checkpoint is stored and loaded, the inputs (the paper's tensors or raw pixels), the training
+extras, and the memory and solver defaults of the TDA methods. Every later step rebuilds a model from
+the config stored in its checkpoint (`config["family"]`).
 
-- `cnn` (cnn2, cnn3): built from (arch, task); checkpoints hold the whole state_dict; inputs are
-  the paper's preprocessed tensors; training is the plain loop.
-- `vit`: a pretrained backbone plus LoRA (`vit.py`); checkpoints hold the trainable tensors only
-  (LoRA and classifier); inputs are [0, 1] pixels that the model resizes and normalises itself;
-  training adds random crops, dropout, a linear lr decay and optional autocast.
+Adding a family is one module that builds the model and registers it; see the README, "Adding a method
+or a model".
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 from torch import nn
 
-from .models import build_model
+from .errors import UserError
+from .func import CHUNK, HVP_CHUNK
+from .linalg import LISSA_FIXED_POINT_DAMPING
+from .plugins import Registry
+from .posterior import parse_model_name
 from .training import TrainExtras, seeded_init
 
 
-def family(config: dict) -> str:
-    return config.get("family", "cnn")
+@dataclass(frozen=True)
+class ModelFamily:
+    """One model family: everything the steps need to know that differs between families."""
+
+    name: str  # recorded as config["family"]
+    summary: str  # one line for --help
+    archs: dict[str, str]  # step 1's --arch value -> the model name in artifact paths, e.g. cnn2 -> cnn
+    build: Callable[[dict], nn.Module]  # run config -> untrained model, initialised from torch's global RNG
+    train_script: str  # step 1
+    score_folder: str  # step 2: <folder>/<method>.py
+    arch_flag: bool = True  # whether the training script takes --arch
+    train_flags: tuple[str, ...] = ()  # step-1 flags of this family that run_experiment.py passes through
+    raw_pixels: bool = False  # inputs are [0, 1] pixels the model preprocesses itself, not the paper's tensors
+    run_config: Callable[[object], dict] = lambda spec: {}  # the family's part of a run config (EnsembleSpec)
+    train_extras: Callable[[dict], TrainExtras] = lambda config: TrainExtras()
+    # Memory: samples per vmapped per-sample-gradient call and vectors per vmapped Hessian-vector product
+    # (`func.FunctionalModel`); on a GPU, `gpu_hvp_chunk` if given.
+    chunk: int = CHUNK
+    hvp_chunk: int = HVP_CHUNK
+    gpu_hvp_chunk: int | None = None
+    lissa_batch: int = 8  # the paper's LiSSA batch size (FastIF's DataLoader)
+    # LOO retrains trained at once as one vmapped `ModelStack` (`--stack auto`), by device type: on a CPU the CNNs'
+    # one-thread loop is fastest, a GPU wants wide stacks (BENCHMARKS.md)
+    auto_stack: dict[str, int] = field(default_factory=lambda: {"cpu": 1, "cuda": 64})
+    # λ per IF solver: the CNN's ggn default, and for cg the paper LiSSA's fixed point (CG needs H + λI positive
+    # definite, and a trained CNN's Hessian is not; `methods/influence.py`)
+    if_damping: dict[str, float] = field(default_factory=lambda: {"ggn": 0.01, "cg": LISSA_FIXED_POINT_DAMPING})
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self.archs.values())
+
+    def arch_of(self, base_model: str) -> str:
+        return {name: arch for arch, name in self.archs.items()}[base_model]
+
+    def auto_hvp_chunk(self, on_gpu: bool) -> int:
+        return self.gpu_hvp_chunk if on_gpu and self.gpu_hvp_chunk else self.hvp_chunk
+
+    def train_argv(self, model: str, task: str, num_per_class: int) -> list[str]:
+        """The step-1 script and flags that train the seeds of a model name such as `cnn3-deinit`."""
+        base, posterior = parse_model_name(model)
+        arch = ["--arch", self.arch_of(base)] if self.arch_flag else []
+        return [self.train_script, "--task", task, "--num_per_class", str(num_per_class), *arch,
+                "--posterior", posterior]  # fmt: skip
+
+
+_FAMILIES = Registry("bayestda.models")
+
+
+def register(fam: ModelFamily) -> ModelFamily:
+    """Make a family known to every step; a model name may belong to one family only."""
+    taken = {m for f in _FAMILIES.values() if f.name != fam.name for m in f.models}
+    if clash := taken & set(fam.models):
+        raise ValueError(f"model names {sorted(clash)} already belong to another family")
+    _FAMILIES[fam.name] = fam
+    return fam
+
+
+def all_families() -> dict[str, ModelFamily]:
+    return _FAMILIES.loaded()
+
+
+def get(name: str) -> ModelFamily:
+    families = all_families()
+    if name not in families:
+        raise UserError(f"unknown model family {name!r}; known: {', '.join(families)}")
+    return families[name]
+
+
+def of_config(config: dict) -> ModelFamily:
+    return get(config.get("family", "cnn"))
+
+
+def model_names() -> list[str]:
+    return [m for f in all_families().values() for m in f.models]
+
+
+def of_model(model: str) -> ModelFamily:
+    """The family of a model name such as `cnn3-deinit`; a one-line error for an unknown name."""
+    names = ", ".join(model_names())
+    try:
+        base, _ = parse_model_name(model)
+    except ValueError as exc:
+        raise UserError(f"--model {model}: {exc}; use {names}, optionally with -deinit or -debatch") from None
+    for fam in all_families().values():
+        if base in fam.models:
+            return fam
+    raise UserError(f"--model {model}: unknown model {base!r}; use {names}, optionally with -deinit or -debatch")
+
+
+def of_arch(arch: str) -> ModelFamily:
+    for fam in all_families().values():
+        if arch in fam.archs:
+            return fam
+    raise UserError(f"unknown --arch {arch!r}")
+
+
+def archs(train_script: str) -> list[str]:
+    """The --arch values of the families a training script trains."""
+    return [a for f in all_families().values() if f.train_script == train_script and f.arch_flag for a in f.archs]
+
+
+def defaults(describe: Callable[[ModelFamily], object]) -> str:
+    """Each family's default of something, for --help: e.g. `cnn 128, vit 16, logreg 128`."""
+    return ", ".join(f"{f.name} {describe(f)}" for f in all_families().values())
+
+
+def arch_help(train_script: str) -> str:
+    """--help of a training script's --arch: each family's archs (and model names) and its summary."""
+    parts = []
+    for f in all_families().values():
+        if f.train_script == train_script and f.arch_flag:
+            names = ", ".join(f"{a} (model name {m})" for a, m in f.archs.items())
+            parts.append(f"{names}: {f.summary}")
+    return "; ".join(parts)
 
 
 def build(config: dict) -> nn.Module:
     """A model of the config's family, initialised from torch's global RNG."""
-    if family(config) == "vit":
-        from .vit import vit_from_config
-
-        return vit_from_config(config)
-    return build_model(config["arch"], config["task"])
+    return of_config(config).build(config)
 
 
 def init(config: dict) -> nn.Module:
@@ -53,7 +169,7 @@ def _initial_model(config_json: str) -> nn.Module:
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint stores: the trainable ones for the ViT, everything for the CNNs."""
+    """The tensors a checkpoint stores: a model's `trainable_state()` if it has one (the ViT), else everything."""
     if hasattr(model, "trainable_state"):
         return model.trainable_state()
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -72,14 +188,5 @@ def from_state(config: dict, state: dict[str, torch.Tensor], source: str = "the 
     return load_state(init(config), state, source).eval()
 
 
-def raw_pixels(family_name: str) -> bool:
-    """Whether a family takes [0, 1] pixels (and preprocesses them itself) rather than the paper's tensors."""
-    return family_name == "vit"
-
-
 def train_extras(config: dict) -> TrainExtras:
-    if family(config) == "vit":
-        from .vit import vit_train_extras
-
-        return vit_train_extras(config)
-    return TrainExtras()
+    return of_config(config).train_extras(config)

@@ -16,8 +16,8 @@ from torch.nn import functional as F
 
 Params = dict[str, torch.Tensor]
 
-# The CNNs' vmap chunks on CPU (BENCHMARKS.md): samples per per-sample-gradient call, and vectors per
-# Hessian-vector product (0.82 s per LiSSA step at 25, 0.98 s at 50, 1.17 s at 150).
+# The default vmap chunks, the CNNs' on a CPU (`families.ModelFamily`; BENCHMARKS.md): samples per
+# per-sample-gradient call, and vectors per Hessian-vector product.
 CHUNK, HVP_CHUNK = 128, 25
 # An HVP over many samples, vmapped over `width` vectors, holds HVP_SAMPLE_VECTORS·chunk (sample, vector)
 # pairs at a time (`FunctionalModel.hvp_fn`): 1024 for the CNNs. The diagnostics' 8 CG probes were within it

@@ -96,18 +96,3 @@ def score_file(out_root: Path, model: str, method: str, task: str, num_per_class
 
 def results_dir(out_root: Path, model: str, task: str, num_per_class: int) -> Path:
     return out_root / "results" / experiment_name(model, task, num_per_class)
-
-
-VARIANT_FLAG = {"loo": "--protocol", "if": "--solver"}
-
-
-def score_argv(model: str, method: str, task: str, num_per_class: int) -> list[str]:
-    """The step-2 script and flags that write a method's score files (every missing seed without --seed_id)."""
-    family, _, variant = method.partition("-")
-    folder = "tda_vit_scripts" if model.split("-")[0] == "vit" else "tda_cnn_scripts"
-    argv = [f"{folder}/{family}.py", "--model", model, "--task", task, "--num_per_class", str(num_per_class)]
-    return argv + ([VARIANT_FLAG[family], variant] if variant else [])
-
-
-def score_command(model: str, method: str, task: str, num_per_class: int) -> str:
-    return " ".join(["python", *score_argv(model, method, task, num_per_class)])

@@ -13,13 +13,7 @@ import pandas as pd
 import seaborn as sns
 
 from .io import atomic_savefig
-
-METHOD_LABELS = {"loo": "LOO", "ats": "ATS", "if": "IF", "gd": "GD", "gc": "GC"}
-
-
-def label(method: str) -> str:
-    family, _, variant = method.partition("-")
-    return METHOD_LABELS.get(family, family) + (f" ({variant})" if variant else "")
+from .methods.registry import label
 
 
 def save(fig, stem: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Markdown tables for REPRODUCTION.md, read from an experiment's artifacts (issue #7).
+"""Markdown tables for REPRODUCTION.md, read from an experiment's artifacts.
 
 Everything here is read back from what the steps wrote: accuracies from each seed's metrics.json,
 compute time from each score file's config, and the statistics from results/<experiment>/. So each
@@ -13,11 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn import functional as F
 
-from .checkpoints import read_metrics
+from . import families
+from .checkpoints import finished_checkpoints, load_checkpoint, read_metrics
+from .data import load_subset
 from .errors import UserError
+from .func import flatten
+from .methods import registry
 from .paths import read_seeds, results_dir, score_file, seed_model_dir
-from .scores import HELPS_SIGN, method_family
 from .statistics import parse_experiment_name
 
 
@@ -45,6 +49,41 @@ def accuracy_and_training_time(out_root: Path, model: str, task: str, n: int) ->
     return _table(frame, ".2f")
 
 
+def stationarity(out_root: Path, model: str, task: str, n: int, data_root: Path) -> str:
+    """How close each seed's last checkpoint is to a stationary point of what training minimised, and how far
+    apart the seeds end.
+
+    The objective is the mean training cross-entropy plus the L2 term that Adam's weight decay adds, (wd/2)‖θ‖²,
+    over the trainable parameters, in float64 and eval mode. For a strongly convex objective (`logreg`) every seed
+    heads for the one optimum: a gradient norm near 0 and a small spread between seeds say it got there, and only
+    then does the convex argument for influence functions hold.
+    """
+    grad_norms, thetas, epochs = [], [], set()
+    for seed in read_seeds():
+        paths = finished_checkpoints(seed_model_dir(out_root, model, task, n, seed))
+        if paths is None:
+            continue
+        net, cfg = load_checkpoint(paths[-1])
+        net = net.double()
+        train = load_subset(task, "train", n, data_root, out_root, families.of_config(cfg).raw_pixels)
+        params = [p for p in net.parameters() if p.requires_grad]
+        loss = F.cross_entropy(net(train.x.double()), train.y)
+        objective = loss + 0.5 * cfg["weight_decay"] * sum(p.square().sum() for p in params)
+        grad_norms.append(flatten(list(torch.autograd.grad(objective, params))).norm().item())
+        thetas.append(flatten([p.detach() for p in params]))
+        epochs.add(cfg["epoch"])
+    if not thetas:
+        return "(no trained seeds)"
+    theta = torch.stack(thetas)
+    spread = torch.pdist(theta).mean().item() if len(thetas) > 1 else float("nan")
+    frame = pd.DataFrame([{"seeds": len(thetas), "epoch": "/".join(map(str, sorted(epochs))),
+                           "mean grad norm": float(np.mean(grad_norms)), "max grad norm": float(np.max(grad_norms)),
+                           "mean norm of θ": theta.norm(dim=1).mean().item(),
+                           "mean distance between seeds' θ": spread,
+                           "distance ÷ norm": spread / theta.norm(dim=1).mean().item()}])  # fmt: skip
+    return _table(frame, ".3g")
+
+
 def _score_files(out_root: Path, model: str, method: str, task: str, n: int) -> list[Path]:
     """The score files a method has, one per seed of seeds.txt that was scored."""
     paths = (score_file(out_root, model, method, task, n, s) for s in read_seeds())
@@ -54,8 +93,8 @@ def _score_files(out_root: Path, model: str, method: str, task: str, n: int) -> 
 def compute_time(out_root: Path, model: str, task: str, n: int, methods: list[str]) -> str:
     """Wall time of each method per seed, as its score files recorded it (device and thread count as run).
 
-    Score files written since session 11 also record the task's peak resident memory; where any does, a
-    column gives the largest over the seeds that recorded it ("–" for none).
+    Score files may record the task's peak resident memory; where any does, a column gives the largest over
+    the seeds that recorded it ("–" for none).
     """
     rows = []
     for method in methods:
@@ -94,11 +133,11 @@ LOSS_RESOLUTION = 1e-6  # float32 rounds a test loss below ~1e-7 to steps of 1.2
 
 
 def tau_resolution(out_root: Path, model: str, task: str, n: int, res: Path, methods: list[str], k: int) -> str:
-    """For the methods whose τ is a change of test loss (LOO, ATS): how many τ are 0 or below 1e-6, where a
+    """For the methods whose τ is a change of test loss (`Method.loss_difference`: LOO, ATS): how many τ are 0 or below 1e-6, where a
     float32 loss is coarse, and whether claim (a) holds on the pairs above that (abs(μ) > 1e-6) too."""
     rows = []
     for method in methods:
-        if method_family(method) not in ("loo", "ats"):
+        if not registry.get(method).loss_difference:
             continue
         records = [torch.load(f, weights_only=False) for f in _score_files(out_root, model, method, task, n)]
         if not records:
@@ -113,7 +152,10 @@ def tau_resolution(out_root: Path, model: str, task: str, n: int, res: Path, met
                      "abs(τ) < 1e-6": float(np.mean(np.abs(tau) < LOSS_RESOLUTION)),
                      "pairs with abs(μ) > 1e-6": float(resolved.mean()), "σ > abs(μ), all": float(noisy.mean()),
                      "σ > abs(μ), abs(μ) > 1e-6": float(noisy[resolved].mean()) if resolved.any() else float("nan")})  # fmt: skip
-    return _table(pd.DataFrame(rows)) if rows else "(no LOO or ATS scores)"
+    if not rows:
+        names = [m.label for m in registry.all_methods().values() if m.loss_difference]
+        return f"(no scores of {' or '.join(names)})"
+    return _table(pd.DataFrame(rows))
 
 
 def common_share(taus) -> float:
@@ -187,7 +229,7 @@ def stable_pair_profile(res: Path, method: str, k: int, train_labels: np.ndarray
     train_idx, test_idx = p.index.to_numpy(int), p.columns.to_numpy(int)
     row_class, col_class = train_labels[train_idx], test_labels[test_idx]
     same = row_class[:, None] == col_class[None, :]
-    helps = HELPS_SIGN[method_family(method)] * mu > 0
+    helps = registry.helps_sign(method) * mu > 0
     stable = p.to_numpy() < 0.05
 
     def profile(name: str, mask: np.ndarray) -> dict:
@@ -276,10 +318,11 @@ def _stable_pairs_section(res: Path, method: str, k: int, labels: tuple[np.ndarr
 
 
 def experiment_report(out_root: Path, model: str, task: str, n: int, methods: list[str], k: int = 5,
-                      labels: tuple[np.ndarray, np.ndarray] | None = None) -> str:  # fmt: skip
+                      labels: tuple[np.ndarray, np.ndarray] | None = None, data_root: Path | None = None) -> str:  # fmt: skip
     """Every table, for those of `methods` that steps 3 and 4 covered.
 
-    `labels` (train and test labels of the whole splits) add the profile of the stable LOO pairs to (b).
+    `labels` (train and test labels of the whole splits) add the profile of the stable LOO pairs to (b);
+    `data_root` adds the distance of the last checkpoints from a stationary point (`stationarity`).
     """
     res = results_dir(out_root, model, task, n)
     if not (res / "summary.csv").is_file():
@@ -290,13 +333,21 @@ def experiment_report(out_root: Path, model: str, task: str, n: int, methods: li
         f"#### {model} {task} {n}pc",
         "Accuracy (final epoch, on the test subset) and training time:\n\n"
         + accuracy_and_training_time(out_root, model, task, n),
+        *(
+            [
+                "Distance from a stationary point of the training objective (last checkpoint of each seed):\n\n"
+                + stationarity(out_root, model, task, n, data_root)
+            ]
+            if data_root is not None
+            else []
+        ),
         "Compute time of each method:\n\n" + compute_time(out_root, model, task, n, methods),
         f"(a) Noise, {k} checkpoints × all seeds per pair:\n\n" + noise_summary(res, k),
         "Resolution of τ (a float32 test loss is coarse below 1e-6; `--loss_dtype float64` resolves it):\n\n"
         + tau_resolution(out_root, model, task, n, res, methods, k),
         "(b) Stable pairs, LOO:\n\n"
         + (
-            "\n\n".join(_stable_pairs_section(res, m, k, labels) for m in methods if m.startswith("loo"))
+            "\n\n".join(_stable_pairs_section(res, m, k, labels) for m in methods if registry.get(m).ground_truth)
             or "(no LOO scores in this experiment: without a ground truth, (b) is not judged)"
         ),
         "What every training image has in common (per posterior sample and test point, the mean of τ over z_j;"

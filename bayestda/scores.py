@@ -3,8 +3,8 @@
 A score file is a dict saved with `torch.save`:
 `scores` float32 [n_ckpts, n_train, n_test], `train_idx`, `test_idx` (dataset indices of rows and
 columns), `ckpt_epochs`, `seed`, `method`, `config` (every choice that shaped the numbers) and
-`sign`: +1 if a positive score means "z_j helps z", −1 if a negative one does. So `sign · τ` is
-"helps is positive" for every method.
+`sign`: +1 if a positive score means "z_j helps z", −1 if a negative one does (the method's
+`helps_sign` in the registry). So `sign · τ` is "helps is positive" for every method.
 """
 
 from __future__ import annotations
@@ -16,19 +16,9 @@ import torch
 
 from .errors import UserError
 from .io import atomic_torch_save
+from .methods import registry
 
-# The paper's signs: τ = L(z; θ') − L(z; θ) for LOO (θ' without z_j: removing a helper raises the
-# loss) and ATS (θ' after a step on z_j: a helper lowers it); IF = −∇L(z_j)ᵀ H⁻¹ ∇L(z) is the change
-# of L(z) when z_j is up-weighted (a helper lowers it); GD and GC are similarities.
-HELPS_SIGN = {"loo": +1, "ats": -1, "if": -1, "gd": +1, "gc": +1}
-PAPER_METHODS = ("loo-paper", "ats", "if-paper", "gd", "gc")
-METHODS = ("loo-paper", "loo-paired", "loo-scratch", "ats", "if-paper", "if-ggn", "if-cg", "gd", "gc")
 KEYS = ("scores", "train_idx", "test_idx", "ckpt_epochs", "seed", "method", "config", "sign")
-
-
-def method_family(method: str) -> str:
-    """`loo-paper` -> `loo`; `gd` -> `gd`."""
-    return method.split("-", 1)[0]
 
 
 def save_scores(
@@ -53,7 +43,7 @@ def save_scores(
         "seed": int(seed),
         "method": method,
         "config": json.loads(json.dumps(config, default=str)),  # plain types only: loadable with weights_only
-        "sign": HELPS_SIGN[method_family(method)],
+        "sign": registry.helps_sign(method),
     }
     atomic_torch_save(record, path)
 

@@ -20,7 +20,8 @@ import torch
 from scipy import stats
 
 from .errors import UserError
-from .paths import experiment_name, read_seeds, results_dir, score_command, score_file
+from .methods.registry import score_command
+from .paths import experiment_name, read_seeds, results_dir, score_file
 from .scores import load_scores
 
 P_TYPES = ("paper", "t")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .cli import Parser
-from .paths import resolve_out_root
-from .scores import PAPER_METHODS
+from . import families
+from .cli import Parser, add_seed_ids
+from .methods.registry import PAPER_METHODS
+from .paths import read_seeds, resolve_out_root
 from .statistics import Experiment, load_experiment, parse_experiment_name
 
 
@@ -13,11 +14,12 @@ def parser(description: str) -> Parser:
     p.add_argument(
         "--experiment", default=None, help="<model>_<task>_<n>pc, e.g. cnn_mnist3_50pc (instead of the next three)"
     )
-    p.add_argument("--model", default=None, help="cnn, cnn3, vit, or with a posterior suffix: cnn-deinit, cnn-debatch")
+    p.add_argument("--model", default=None, help=f"{', '.join(families.model_names())}, or with a posterior suffix: "
+                   "cnn-deinit, cnn-debatch, ...")  # fmt: skip
     p.add_argument("--task", default=None, choices=["mnist3", "cifar10"], help="the task")
     p.add_argument("--num_per_class", type=int, default=None, help="training images per class")
     p.add_argument("--methods", default=",".join(PAPER_METHODS), help="comma-separated methods (score-file names)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seed values to use; default: all of seeds.txt")
+    add_seed_ids(p)
     p.add_argument(
         "--allow_partial", action="store_true", help="use only the seeds that have every method (with a warning)"
     )
@@ -38,4 +40,5 @@ def experiment_from_args(p: Parser, args) -> Experiment:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if len(set(methods)) != len(methods) or not methods:
         p.error(f"--methods must list distinct methods, got {args.methods!r}")
-    return load_experiment(model, task, n, resolve_out_root(args.out_root), methods, args.seeds, args.allow_partial)
+    seeds = [read_seeds()[k] for k in args.seed_ids]
+    return load_experiment(model, task, n, resolve_out_root(args.out_root), methods, seeds, args.allow_partial)

@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import Subset
-from .models import build_model
 
 
 @dataclass(frozen=True)
@@ -52,11 +51,6 @@ def seeded_init(init_seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-def init_model(arch: str, task: str, init_seed: int) -> nn.Module:
-    """A CNN's initial weights, a function of `init_seed` only."""
-    return seeded_init(init_seed, lambda: build_model(arch, task))
-
-
 def batch_orders(n_train: int, epochs: int, batch_seed: int) -> torch.Tensor:
     """[epochs, n_train] positions in the order they are visited; batches are consecutive slices."""
     gen = torch.Generator().manual_seed(stream_seed(batch_seed, "batch"))
@@ -77,7 +71,7 @@ def fast_layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    # foreach: one kernel per op over all tensors; bit-identical to the per-tensor loop, ~3% faster LOO retrains on CPU
+    # foreach: one kernel per op over all tensors; bit-identical to the per-tensor loop, and faster (BENCHMARKS.md)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
@@ -212,8 +206,8 @@ def train(
     return train_losses
 
 
-# Evaluation chunk: on CPU, 32 MNIST images keep the first conv's activations (3 MB) near the core's L2 cache and
-# evaluate in 88 ms per 900 images against 157 ms with 128 (BENCHMARKS.md); on a GPU, larger is better.
+# Evaluation chunk: on CPU, 32 MNIST images keep the first conv's activations (3 MB) near the core's L2 cache, the
+# fastest setting measured (BENCHMARKS.md); on a GPU, larger is better.
 EVAL_CHUNK = {"cpu": 32, "cuda": 256}
 
 

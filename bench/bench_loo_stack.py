@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Benchmark stacked LOO retrains (`loo.py --stack K`, the GPU default) against one retrain at a time, same run.
 
-Setting: LOO `scratch` retrains of the 2-layer CNN (the seed's initialisation and batch order, one training
-sample removed), on a task's training subset, evaluated on its test subset at the last 5 epochs, as
+Setting: LOO `scratch` retrains of the 2-layer CNN, or another `--arch` (the seed's initialisation and batch order,
+one training sample removed), on a task's training subset, evaluated on its test subset at the last 5 epochs, as
 `tda_cnn_scripts/loo.py` runs them. The slow reference (one retrain at a time, in this process) is timed on
 `--reference_retrains` retrains and scaled linearly; each stack size is timed on a full stack. The stacks' τ
 (test loss without z_j minus test loss of the full retrain) is compared with the reference's on the retrains
 they share: float rounding differs, and retraining amplifies it.
 
 usage: python bench/bench_loo_stack.py [--task cifar10] [--num_per_class 50] [--device cuda] [--stacks 32,128,256,501]
+       python bench/bench_loo_stack.py --arch logreg --task mnist3 --device cpu --stacks 16,64,151
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayestda import families
 from bayestda.allocator import retain_freed_memory
 from bayestda.cli import resolve_device
 from bayestda.data import get_task, load_subset
@@ -43,6 +45,7 @@ def timed(device, fn):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="cnn2", choices=families.archs("train_cnn.py"), help="the model to retrain")
     p.add_argument("--task", default="cifar10", choices=["mnist3", "cifar10"])
     p.add_argument("--num_per_class", type=int, default=50)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -58,11 +61,11 @@ def main():
     cfg = TrainConfig(epochs=get_task(args.task).epochs)
     n = len(train)
     ctx = loo.RetrainContext(
-        {"arch": "cnn2", "task": args.task, "init_seed": 0}, train, test, cfg, batch_orders(n, cfg.epochs, 0),
+        {"family": families.of_arch(args.arch).name, "arch": args.arch, "task": args.task, "init_seed": 0}, train, test, cfg, batch_orders(n, cfg.epochs, 0),
         start_states=[], eval_epochs=tuple(range(cfg.epochs - 4, cfg.epochs + 1)), device=str(device),
     )  # fmt: skip
     jobs = [loo.Retrain(None, zero_weight=False)] + [loo.Retrain(j, zero_weight=False) for j in range(n)]
-    print(f"{args.task}-{args.num_per_class}pc: {n} train, {len(test)} test, {cfg.epochs} epochs; device {device}"
+    print(f"{args.arch} {args.task}-{args.num_per_class}pc: {n} train, {len(test)} test, {cfg.epochs} epochs; device {device}"
           f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")  # fmt: skip
     k = args.reference_retrains
     if device.type == "cpu":

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 METHODS = ("gd", "gc", "ats", "if-paper", "if-ggn", "if-cg", "loo-scratch", "loo-paper")
 
 
-def step_options(method: str, args) -> dict:
+def step_options(method: str, args):
     """The options step 2 would use for `method` with its default flags (dtype, chunks, damping, workers...)."""
     from bayestda.methods.cli import parse_method_args
 
@@ -39,12 +39,15 @@ def step_options(method: str, args) -> dict:
 def measure_one(args) -> dict:
     """Run one method on the seed's last checkpoint in this process, through step 2's own code; its peak RSS
     and wall time."""
+    import dataclasses
+
     import torch
 
     from bayestda.allocator import retain_freed_memory
     from bayestda.errors import UserError
     from bayestda.methods import influence, loo
-    from bayestda.methods.runner import compute, load_seed_samples, peak_memory_gib, retrain_context
+    from bayestda.methods.runner import compute, peak_memory_gib
+    from bayestda.methods.samples import load_seed_samples
     from bayestda.paths import REPO_ROOT, resolve_data_root
 
     retain_freed_memory()  # as step 2 does (cli.run)
@@ -57,10 +60,10 @@ def measure_one(args) -> dict:
     start = time.perf_counter()
     if args.method.startswith("loo-"):  # a few of the seed's retrains (from its last checkpoint, for continuations)
         protocol = args.method.split("-")[1]
-        ctx = retrain_context(protocol, samples, "cpu")
+        ctx = loo.retrain_context(protocol, samples, "cpu")
         start_at = None if protocol == "scratch" else len(ctx.start_states) - 1
         jobs = [loo.Retrain(j, start=start_at, zero_weight=protocol != "scratch") for j in range(args.loo_retrains)]
-        loo.run_retrains(ctx, jobs, options["workers"], desc=args.method)
+        loo.run_retrains(ctx, jobs, options.workers, desc=args.method)
         total = len(samples.train) + 1 if protocol == "scratch" else len(samples.epochs) * len(samples.train)
         cuts.append(f"{len(jobs)} of {total} retrains, {options['workers']} workers")
     else:
@@ -70,14 +73,14 @@ def measure_one(args) -> dict:
             influence.lissa_batches = lambda train, batch_size: full(train, batch_size)[: args.lissa_steps]
             cuts.append(f"LiSSA cut to {args.lissa_steps} of {len(full(samples.train, 8))} steps")
         if args.method == "if-cg" and args.cg_iters:
-            options["max_iter"] = args.cg_iters
+            options = dataclasses.replace(options, max_iter=args.cg_iters)
             cuts.append(f"CG cut to {args.cg_iters} iterations")
         try:
             compute(args.method, samples, options, "cpu")
         except UserError:  # a CG cut short has not converged: its memory was measured all the same
             if not args.cg_iters:
                 raise
-        cuts.append(options.get("dtype", "float32"))
+        cuts.append(getattr(options, "dtype", None) or "float32")
     wall = time.perf_counter() - start
     return {
         "method": args.method,

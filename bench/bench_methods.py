@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayestda import families
 from bayestda.allocator import DEFAULTS_ENV, retain_freed_memory
 from bayestda.checkpoints import load_checkpoint, read_checkpoint
 from bayestda.data import load_subset
@@ -30,7 +31,7 @@ from bayestda.methods import ats, influence, loo
 from bayestda.methods.grad_similarity import grad_dot_and_cos
 from bayestda.methods.runner import peak_memory_gib
 from bayestda.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
-from bayestda.training import TrainConfig, batch_orders, init_model
+from bayestda.training import TrainConfig, batch_orders
 
 
 def timed(fn):
@@ -139,7 +140,7 @@ def bench_loo(seed_dir, train, test, retrains: int, workers: int):
 
     def eager(k):  # the obvious loop: one process, default threads, default layout, a full test pass per kept epoch
         for j in range(k):
-            model = init_model(cfg["arch"], cfg["task"], cfg["init_seed"])
+            model = families.init(cfg)
             opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
             for e, order in enumerate(ctx.orders, 1):
                 model.train()

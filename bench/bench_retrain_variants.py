@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bayestda.allocator import retain_freed_memory
 from bayestda.errors import UserError
-from bayestda.methods import loo, runner
+from bayestda.methods import loo
+from bayestda.methods import samples as samples_mod
 from bayestda.paths import REPO_ROOT, resolve_data_root
 from bayestda.training import make_optimizer
 
@@ -114,11 +115,11 @@ def main():
     torch.set_num_threads(1)  # as LOO runs each retrain
     seed = int((REPO_ROOT / "seeds.txt").read_text().split()[args.seed_id])
     try:
-        samples = runner.load_seed_samples("cnn", args.task, args.num_per_class, seed, Path(args.out_root),
+        samples = samples_mod.load_seed_samples("cnn", args.task, args.num_per_class, seed, Path(args.out_root),
                                            resolve_data_root(args.data_root))  # fmt: skip
     except UserError as err:  # e.g. no trained seed: the message says what to run
         sys.exit(str(err))
-    ctx = runner.retrain_context(args.protocol, samples, torch.device("cpu"))
+    ctx = loo.retrain_context(args.protocol, samples, torch.device("cpu"))
     n = len(ctx.train_data)
     scratch = args.protocol == "scratch"
     start = None if scratch else len(ctx.start_states) - 1

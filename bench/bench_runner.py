@@ -7,7 +7,7 @@ p-values, correlations), and the bench checks that they wrote identical score fi
 the cheap ones, where starting a process is a large share of each task; the saving per task is the same for
 the expensive ones.
 
-usage: python bench/bench_runner.py [--num_per_class 10] [--methods gd,gc,if-paper] [--seeds 10] [--jobs 2]
+usage: python bench/bench_runner.py [--num_per_class 10] [--methods gd,gc,if-paper] [--num_seeds 10] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from bayestda.paths import score_file  # noqa: E402
 def run(out: Path, args, cold: bool) -> tuple[float, dict]:
     command = [
         sys.executable, "run_experiment.py", "--task", "mnist3", "--num_per_class", str(args.num_per_class),
-        "--methods", args.methods, "--seeds", *map(str, range(args.seeds)), "--jobs", str(args.jobs),
+        "--methods", args.methods, "--seed_ids", *map(str, range(args.num_seeds)), "--jobs", str(args.jobs),
         "--gpus", "none", "--out_root", str(out), *(["--cold_start"] if cold else []),
     ]  # fmt: skip
     start = time.perf_counter()
@@ -48,7 +48,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num_per_class", type=int, default=10, help="training images per class")
     p.add_argument("--methods", default="gd,gc,if-paper", help="methods, as run_experiment.py --methods")
-    p.add_argument("--seeds", type=int, default=10, help="seed_ids 0..N-1")
+    p.add_argument("--num_seeds", type=int, default=10, help="run seed_ids 0..N-1")
     p.add_argument("--jobs", type=int, default=2, help="tasks at once")
     args = p.parse_args()
     if "BAYESTDA_DATA_ROOT" not in os.environ:
@@ -62,7 +62,7 @@ def main():
             print(f"{'cold' if cold else 'warm'} starts: {wall:6.1f} s wall, {len(tasks)} tasks, "
                   f"{sum(tasks.values()):6.1f} task-seconds", flush=True)  # fmt: skip
         for method in args.methods.split(","):
-            for seed in range(args.seeds):
+            for seed in range(args.num_seeds):
                 a, b = (torch.load(score_file(Path(tmp) / d, "cnn", method, "mnist3", args.num_per_class, seed),
                                    weights_only=False)["scores"] for d in ("cold", "warm"))  # fmt: skip
                 assert torch.equal(a, b), f"{method} seed {seed}: warm and cold scores differ"

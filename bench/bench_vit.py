@@ -16,6 +16,7 @@ usage: python bench/bench_vit.py [--config base|tiny] [--device cuda] [--precisi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -26,14 +27,14 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayestda import families
 from bayestda.allocator import retain_freed_memory
 from bayestda.checkpoints import load_checkpoint
 from bayestda.cli import resolve_device
 from bayestda.data import load_subset
 from bayestda.ensemble import EnsembleSpec, train_ensemble
 from bayestda.func import FunctionalModel
-from bayestda.methods.cli import MEMORY
-from bayestda.methods.influence import CG_DAMPING, GGN_DAMPING, PAPER_LISSA
+from bayestda.methods import registry
 from bayestda.methods.runner import run_method
 from bayestda.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
 
@@ -101,8 +102,8 @@ def main():
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="training autocast (GPU)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--methods", default="gd,gc,if-paper", help="comma-separated: gd, gc, if-paper, if-ggn, if-cg, ats")
-    p.add_argument("--chunk", type=int, default=MEMORY["vit"]["chunk"])
-    p.add_argument("--hvp_chunk", type=int, default=MEMORY["vit"]["hvp_chunk"])
+    p.add_argument("--chunk", type=int, default=families.get("vit").chunk)
+    p.add_argument("--hvp_chunk", type=int, default=families.get("vit").hvp_chunk)
     p.add_argument("--data_root", default=None)
     args = p.parse_args()
     retain_freed_memory()  # as the step scripts do (cli.run)
@@ -132,17 +133,20 @@ def main():
         print(f"  trainable parameters: {n_trainable:,}")
 
         memory = {"chunk": args.chunk, "hvp_chunk": args.hvp_chunk}
-        options = {
-            "gd": {}, "gc": {}, "ats": {},
-            "if-paper": {"dtype": "float32", "diagnostics": False, "lissa": {**PAPER_LISSA, "batch_size": 32}},
-            "if-ggn": {"dtype": "float32", "damping": GGN_DAMPING},
-            "if-cg": {"dtype": "float32", "damping": CG_DAMPING, "tol": 1e-5, "max_iter": 100},  # float32: 1e-5
-        }  # fmt: skip
+        options = {  # every IF solver in float32 here; CG to 1e-5, what float32 reaches
+            "if-paper": {"dtype": "float32", "diagnostics": False},
+            "if-ggn": {"dtype": "float32"},
+            "if-cg": {"dtype": "float32", "tol": 1e-5, "max_iter": 100},
+        }
         pairs = 5 * len(train) * len(test)
         timings = {}
         for method in args.methods.split(","):
             with Stage(f"{method} (5 checkpoints, all pairs)", device, pairs, "pair") as stage:
-                run_method(method, "vit", "mnist3", 10, [0], tmp, data_root, device, {**options[method], **memory})
+                m = registry.get(method)
+                fields = {f for f in m.options.__dataclass_fields__}
+                given = {k: v for k, v in {**options.get(method, {}), **memory}.items() if k in fields}
+                opts = dataclasses.replace(m.default_options(method), **given)
+                run_method(method, "vit", "mnist3", 10, [0], tmp, data_root, device, opts)
             timings[method] = stage.seconds
         if "gd" in timings:
             k = 8

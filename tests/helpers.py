@@ -25,3 +25,39 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def build_model(arch: str, task: str) -> torch.nn.Module:
+    """A freshly initialised model of `--arch arch` (from torch's global RNG)."""
+    from bayestda import families
+
+    return families.of_arch(arch).build({"arch": arch, "task": task})
+
+
+def init_model(arch: str, task: str, init_seed: int) -> torch.nn.Module:
+    """A model's initial weights as training draws them, a function of `init_seed` only."""
+    from bayestda.training import seeded_init
+
+    return seeded_init(init_seed, lambda: build_model(arch, task))
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def features_to_dense(featurizer, feats) -> torch.Tensor:
+    """The full flat gradients [N, P] that factored `GradFeatures` stand for, in named_parameters order."""
+    blocks, di = {}, 0
+    for k in featurizer.dense_names:
+        n = featurizer.fm.params[k].numel()
+        blocks[k] = feats.dense[:, di : di + n]
+        di += n
+    modules = dict(featurizer.fm.model.named_modules())
+    for name, (d, a) in zip(featurizer.factored, feats.factors, strict=True):
+        outer = d[:, :, None] * a[:, None, :]
+        has_bias = modules[name].bias is not None
+        w = outer[:, :, :-1] if has_bias else outer
+        blocks[f"{name}.weight"] = w.reshape(len(d), -1)
+        if has_bias:
+            blocks[f"{name}.bias"] = outer[:, :, -1]
+    return torch.cat([blocks[k] for k in featurizer.fm.params], 1)

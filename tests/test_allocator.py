@@ -21,10 +21,11 @@ STEPS = """
 import json, resource, sys, torch
 from torch.nn import functional as F
 from bayestda.allocator import retain_freed_memory
-from bayestda.training import fast_layout, init_model
+from bayestda.models import cnn
+from bayestda.training import fast_layout, seeded_init
 applied = retain_freed_memory()
 torch.set_num_threads(1)
-model = init_model("cnn2", "mnist3", 0)
+model = seeded_init(0, lambda: cnn.build({"arch": "cnn2", "task": "mnist3"}))
 gen = torch.Generator().manual_seed(0)
 x = fast_layout(model, torch.randn(32, 1, 28, 28, generator=gen))
 y = torch.randint(0, 3, (32,), generator=gen)

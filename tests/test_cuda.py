@@ -142,7 +142,7 @@ def test_vit_finetuning_and_loo_run_on_cuda(tiny_vit_dir, run_script, tmp_path, 
 def test_run_experiment_pins_tasks_to_the_gpu(run_script, tmp_path):
     """The local backend on one GPU: one task at a time, pinned with CUDA_VISIBLE_DEVICES, every task done."""
     proc = run_script(
-        "run_experiment.py", "--task", "mnist3", "--num_per_class", "10", "--seeds", "0", "1", "--epochs", "2",
+        "run_experiment.py", "--task", "mnist3", "--num_per_class", "10", "--seed_ids", "0", "1", "--epochs", "2",
         "--methods", "gd,ats", "--gpus", "0", "--out_root", str(tmp_path),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

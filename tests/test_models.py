@@ -1,9 +1,10 @@
-"""The paper's CNNs: shapes and parameter counts."""
+"""The model families' architectures: shapes and parameter counts."""
 
 import pytest
 import torch
+from helpers import build_model, num_parameters
 
-from bayestda.models import build_model, num_parameters
+from bayestda.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -13,6 +14,8 @@ from bayestda.models import build_model, num_parameters
         ("cnn2", "cifar10", (3, 32, 32), 2432 + 51264 + 204928 + 1290),
         ("cnn3", "mnist3", (1, 28, 28), 225_034 + 64 * 64 * 9 + 64),
         ("cnn3", "cifar10", (3, 32, 32), 2432 + 51264 + 204928 + 1290 + 64 * 64 * 25 + 64),
+        ("logreg", "mnist3", (1, 28, 28), 784 * 10 + 10),
+        ("logreg", "cifar10", (3, 32, 32), 3072 * 10 + 10),
     ],
 )
 def test_architecture(arch, task, shape, n_params):
@@ -22,5 +25,5 @@ def test_architecture(arch, task, shape, n_params):
 
 
 def test_unknown_arch():
-    with pytest.raises(ValueError, match="unknown arch"):
+    with pytest.raises(UserError, match="unknown --arch"):
         build_model("resnet", "mnist3")

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from helpers import init_model
 
 from bayestda.data import Subset, load_subset
 from bayestda.paths import REPO_ROOT
 from bayestda.stacking import ModelStack
-from bayestda.training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
+from bayestda.training import TrainConfig, batch_orders, evaluate, make_optimizer, train
 
 CFG = TrainConfig(epochs=3, batch_size=4)  # 11 samples: batches of 4, 4, 3
 

@@ -12,8 +12,9 @@ from bayestda import statistics as st
 from bayestda.analysis import write_correlations, write_pvalues
 from bayestda.correlations import correlation_tables, pearson_matrix, spearman_matrix
 from bayestda.errors import UserError
+from bayestda.methods.registry import PAPER_METHODS
 from bayestda.paths import score_file
-from bayestda.scores import PAPER_METHODS, save_scores
+from bayestda.scores import save_scores
 
 SEEDS = list(range(10))
 

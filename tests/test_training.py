@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import init_model
 
 from bayestda import load_checkpoint
 from bayestda.data import load_subset
@@ -15,7 +16,6 @@ from bayestda.training import (
     batch_loss,
     batch_orders,
     fast_layout,
-    init_model,
     make_optimizer,
     per_sample_losses,
     train,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bayestda.errors import UserError
-from bayestda.vit import ImageSpec, LoraSpec, build_vit
+from bayestda.models.vit import ImageSpec, LoraSpec, build_vit
 
 
 def test_lora_wiring_trains_only_lora_and_the_classifier(tiny_vit_dir):

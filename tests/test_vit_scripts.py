@@ -133,7 +133,7 @@ def test_pvalues_run_on_vit_scores(scored, run_script):
         proc = run_script(f"tda_vit_scripts/{method}.py", *COMMON, "--seed_id", "1", "--out_root", str(out))
         assert proc.returncode == 0, proc.stderr
     proc = run_script("compute_pvalues.py", "--experiment", "vit_mnist3_10pc", "--methods", "gd,gc",
-                      "--seeds", "0", "1", "--out_root", str(out))  # fmt: skip
+                      "--seed_ids", "0", "1", "--out_root", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (out / "results" / "vit_mnist3_10pc" / "summary.csv").is_file()
 

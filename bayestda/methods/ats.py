@@ -8,6 +8,7 @@ training samples at once from their per-sample gradients, op for op as torch.opt
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from ..data import Subset
 from ..func import FunctionalModel, flatten
 from ..training import fast_layout, per_sample_losses
+from .registry import MemoryOptions, Method, loss_dtype_option, register
 
 
 def fresh_adam_step(theta: torch.Tensor, grads: torch.Tensor, lr: float, weight_decay: float,
@@ -58,3 +60,22 @@ def ats_scores(
         grads = fm.per_sample_grads(train.x[lo : lo + chunk], train.y[lo : lo + chunk])
         rows += [test_losses(row) - base for row in fresh_adam_step(theta, grads, lr, weight_decay)]
     return torch.stack(rows)
+
+
+@dataclass(frozen=True)
+class ATSOptions(MemoryOptions):
+    loss_dtype: str = loss_dtype_option()
+
+
+def score(fm: FunctionalModel, train: Subset, test: Subset, opts: ATSOptions, run_config: dict):
+    """The step uses the checkpoint's training lr and weight decay."""
+    loss_dtype = getattr(torch, opts.loss_dtype)
+    return ats_scores(fm, train, test, run_config["lr"], run_config["weight_decay"], loss_dtype=loss_dtype), {}
+
+
+METHOD = register(
+    Method(
+        name="ats", label="ATS", helps_sign=-1, options=ATSOptions, score=score, loss_difference=True,
+        summary="L(z; theta') - L(z; theta), theta' = one step of a fresh Adam on z_j alone",
+    )
+)  # fmt: skip

@@ -179,19 +179,16 @@ class GradFeaturizer:
             out += (va * d.T[None]).sum(1)
         return out
 
-    def to_dense(self, feats: GradFeatures) -> torch.Tensor:
-        """The full flat gradients [N, P], in named_parameters order (for checks on small models)."""
-        blocks, di = {}, 0
-        for k in self.dense_names:
-            n = self.fm.params[k].numel()
-            blocks[k] = feats.dense[:, di : di + n]
-            di += n
-        modules = dict(self.fm.model.named_modules())
-        for name, (d, a) in zip(self.factored, feats.factors, strict=True):
-            outer = d[:, :, None] * a[:, None, :]
-            has_bias = modules[name].bias is not None
-            w = outer[:, :, :-1] if has_bias else outer
-            blocks[f"{name}.weight"] = w.reshape(len(d), -1)
-            if has_bias:
-                blocks[f"{name}.bias"] = outer[:, :, -1]
-        return torch.cat([blocks[k] for k in self.fm.params], 1)
+
+def gram_with_test(featurizer: GradFeaturizer, test, columns, block: int, chunk: int) -> torch.Tensor:
+    """[n, n_test] = `columns(g_test)` over the test points' loss-gradient features, `block` test points at a time.
+
+    The shared last stage of the gradient methods: the training side is transformed first (GD: as it is;
+    IF: H⁻¹ applied; GGN: the Woodbury correction), and `columns` maps a block of test gradient features
+    to that block's [n, block] scores (or [..., n, block]; blocks are joined on the last dimension).
+    Memory stays bounded by the block, whatever n_test is.
+    """
+    cols = []
+    for lo in range(0, len(test), block):
+        cols.append(columns(featurizer.loss_grads(test.x[lo : lo + block], test.y[lo : lo + block], chunk)))
+    return torch.cat(cols, -1)

@@ -10,7 +10,8 @@ import torch
 
 from ..data import Subset
 from ..func import FunctionalModel
-from .features import GradFeaturizer
+from .features import GradFeaturizer, gram_with_test
+from .registry import MemoryOptions, Method, register
 
 
 def grad_dot_and_cos(
@@ -22,14 +23,26 @@ def grad_dot_and_cos(
     try:
         g_train = featurizer.loss_grads(train.x, train.y, chunk)
         train_norm = g_train.sq_norms().sqrt()
-        dots, coss = [], []
-        for lo in range(0, len(test), 4 * chunk):  # test gradients in blocks: memory stays bounded
-            g_test = featurizer.loss_grads(test.x[lo : lo + 4 * chunk], test.y[lo : lo + 4 * chunk], chunk)
+
+        def dot_and_cos(g_test):
             dot = g_train.gram(g_test)
-            dots.append(dot)
-            coss.append(
-                dot / (train_norm[:, None] * g_test.sq_norms().sqrt()[None, :]).clamp_min(torch.finfo(dot.dtype).tiny)
-            )
+            norms = (train_norm[:, None] * g_test.sq_norms().sqrt()[None, :]).clamp_min(torch.finfo(dot.dtype).tiny)
+            return torch.stack([dot, dot / norms])
+
+        dots, coss = gram_with_test(featurizer, test, dot_and_cos, 4 * chunk, chunk)
     finally:
         featurizer.close()
-    return torch.cat(dots, 1), torch.cat(coss, 1)
+    return dots, coss
+
+
+def _score(which: int):
+    def score(fm: FunctionalModel, train: Subset, test: Subset, opts, run_config: dict):
+        return grad_dot_and_cos(fm, train, test)[which], {}
+
+    return score
+
+
+GD = register(Method(name="gd", label="GD", helps_sign=+1, options=MemoryOptions, score=_score(0),
+                     summary="grad L(z_j) . grad L(z), all trainable parameters, eval mode"))  # fmt: skip
+GC = register(Method(name="gc", label="GC", helps_sign=+1, options=MemoryOptions, score=_score(1),
+                     summary="the cosine of the same gradients"))  # fmt: skip

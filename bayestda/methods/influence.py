@@ -13,82 +13,56 @@
   Woodbury gives (G + λI)⁻¹ = (I − U (λI + UᵀU)⁻¹ Uᵀ)/λ, which needs only an (n·C)×(n·C) solve.
 - `cg`: conjugate gradients on true Hessian–vector products of the full training loss, solving
   (H + λI) x_j = ∇L(z_j) for every training sample to a relative tolerance. CG needs H + λI positive
-  definite, and trained CNNs' Hessians are not: Lanczos puts their smallest eigenvalue at −1 to −3
-  (MNIST3), so λ = 0.01 meets negative curvature within a few steps. An unsolved system is an error
-  (the message gives the Lanczos estimate); the command line's default λ is 50, the fixed point of the
-  paper's LiSSA. It is for checks and small cases.
+  definite, and trained CNNs' Hessians are not: Lanczos puts their smallest eigenvalue at −0.9 to −2.9 on
+  the MNIST3-10pc checkpoints and at −0.03 to −0.5 at 50pc (largest 110–160 and 12–88; REPRODUCTION.md),
+  so λ = 0.01 meets negative curvature within a few steps. An unsolved system is an error (the message
+  gives the Lanczos estimate). The CNN's default λ is therefore 50, the fixed point of the paper's LiSSA;
+  `logreg`'s Hessian is positive semi-definite, and its default λ is the weight decay. For checks and
+  small cases.
+
+The damping defaults of `ggn` and `cg` belong to the model family (`families.ModelFamily.if_damping`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
-from torch.func import vmap
-from tqdm.auto import tqdm
 
+from .. import families
 from ..allocator import keep_freed
 from ..data import Subset
 from ..errors import UserError
-from ..func import HVP_CHUNK, FunctionalModel, cross_entropy_hessian_factor
-from .features import GradFeaturizer
-
-PAPER_LISSA = {"damping": 5e-3, "scale": 1e4, "batch_size": 8, "passes": 1, "repeats": 1}
-GGN_DAMPING = 0.01
-CG_DAMPING = PAPER_LISSA["damping"] * PAPER_LISSA["scale"]  # 50: (H + 50 I)⁻¹ is where LiSSA converges to
-# Free heap memory that LiSSA and its diagnostics keep between HVPs (`allocator.keep_freed`): each HVP frees
-# ≈ 0.2 GB of small blocks (MNIST3-50pc), and giving them back made half of LiSSA's time page faults. Their peak
-# memory is ≥ 0.8 GiB below the 4 GiB budget at CIFAR10-50pc; IF-cg's is not, so CG proper keeps the defaults.
-LISSA_KEEP_FREED = 2**30
-
-
-def _batched(fn, vectors: torch.Tensor, chunk: int, out: torch.Tensor) -> torch.Tensor:
-    """fn (a map from a row to a row of the same shape) applied to every row of `vectors` with vmap, `chunk`
-    rows at a time, written into `out`. Filling one buffer, rather than concatenating the blocks, keeps one
-    copy of the result in memory instead of two."""
-    for block, dest in zip(vectors.split(chunk), out.split(chunk), strict=True):
-        dest.copy_(vmap(fn)(block))
-    return out
+from ..func import FunctionalModel, cross_entropy_hessian_factor
+from ..linalg import (
+    LISSA_FIXED_POINT_DAMPING,
+    LISSA_KEEP_FREED,
+    PAPER_LISSA,
+    conjugate_gradient,
+    lanczos_extremes,
+    lissa_batches,
+    lissa_transposed,
+)
+from ..options import option
+from . import grad_similarity
+from .features import GradFeaturizer, gram_with_test
+from .registry import HVPOptions, Method, register
 
 
-def _test_gram(fm: FunctionalModel, left: torch.Tensor, test: Subset) -> torch.Tensor:
-    """[len(left), n_test] = left @ ∇L(test)ᵀ, test gradients in factored form, `4·fm.chunk` at a time."""
+def flat_test_gram(fm: FunctionalModel, left: torch.Tensor, test: Subset) -> torch.Tensor:
+    """[len(left), n_test] = left @ ∇L(test)ᵀ for flat parameter vectors `left`, `4·fm.chunk` test points at a time."""
     featurizer = GradFeaturizer(fm, test.x)
-    block, cols = 4 * fm.chunk, []
     try:
-        for lo in range(0, len(test), block):
-            g_test = featurizer.loss_grads(test.x[lo : lo + block], test.y[lo : lo + block], fm.chunk)
-            cols.append(featurizer.dot_flat(left, g_test))
+        return gram_with_test(
+            featurizer, test, lambda g_test: featurizer.dot_flat(left, g_test), 4 * fm.chunk, fm.chunk
+        )
     finally:
         featurizer.close()
-    return torch.cat(cols, 1)
 
 
 # ----------------------------------------------------------------------------- paper: LiSSA
-
-
-def lissa_batches(train: Subset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """FastIF's DataLoader(train, batch_size=8) without shuffling: file order, a smaller last batch."""
-    return list(zip(train.x.split(batch_size), train.y.split(batch_size), strict=True))
-
-
-def lissa_transposed(
-    fm: FunctionalModel, vectors: torch.Tensor, batches, damping: float, scale: float, chunk: int | None = None
-):
-    """Mᵀ v for each row v, where FastIF's recursion h ← v + A_k h (h₀ = v, A_k = (1−d)I − H_k/s) gives h_K = M v.
-
-    M = I + A_{K−1} + A_{K−1}A_{K−2} + … + A_{K−1}⋯A₀, and each A_k is symmetric, so
-    Mᵀ v = v + A_{K−1}v + A_{K−2}A_{K−1}v + …: walk the batches in reverse, w ← A_k w, and sum the w's.
-    The update runs in place on three buffers the size of `vectors` (w, the HVPs, the sum): at CIFAR10-50pc
-    each is 0.5 GB, and the out-of-place form held up to seven at once (BENCHMARKS.md, peak memory).
-    """
-    w, total, hvps = vectors.clone(), vectors.clone(), torch.empty_like(vectors)
-    with keep_freed(LISSA_KEEP_FREED):
-        for xb, yb in tqdm(batches[::-1], desc="LiSSA", unit="batch", leave=False):
-            _batched(fm.hvp_fn(xb, yb), w, chunk or fm.hvp_chunk, out=hvps)  # batches of 8 (ViT 32): small already
-            w.mul_(1 - damping).sub_(hvps.div_(scale))  # (1 − d)·w − H_k w / s, the same float ops as written out
-            total += w
-    return total
 
 
 def if_paper(fm: FunctionalModel, train: Subset, test: Subset, damping=5e-3, scale=1e4, batch_size=8, passes=1):
@@ -99,7 +73,7 @@ def if_paper(fm: FunctionalModel, train: Subset, test: Subset, damping=5e-3, sca
     """
     g_train = fm.per_sample_grads(train.x, train.y)
     s_train = lissa_transposed(fm, g_train, lissa_batches(train, batch_size) * passes, damping, scale).div_(scale)
-    return -_test_gram(fm, s_train, test), s_train, g_train
+    return -flat_test_gram(fm, s_train, test), s_train, g_train
 
 
 def lissa_diagnostics(fm: FunctionalModel, train: Subset, g_train: torch.Tensor, s_train: torch.Tensor, gd: torch.Tensor,
@@ -157,98 +131,14 @@ def if_ggn(fm: FunctionalModel, train: Subset, test: Subset, damping: float, chu
         del inner
         u_train = u.gram(g_train)  # [nC, n]
         left = torch.cholesky_solve(u_train, chol)  # (λI + UᵀU)⁻¹ Uᵀ g_train
-        cols = []
-        for lo in range(0, len(test), chunk):  # one vmapped call per block: U (2 GB at CIFAR10-50pc) is held
-            g_test = featurizer.loss_grads(test.x[lo : lo + chunk], test.y[lo : lo + chunk], chunk)
-            cols.append(-(g_train.gram(g_test) - left.T @ u.gram(g_test)) / damping)
+        # one vmapped call per test block: U (2 GB at CIFAR10-50pc) is held meanwhile
+        columns = lambda g_test: -(g_train.gram(g_test) - left.T @ u.gram(g_test)) / damping  # noqa: E731
+        return gram_with_test(featurizer, test, columns, block=chunk, chunk=chunk)
     finally:
         featurizer.close()
-    return torch.cat(cols, 1)
 
 
 # ----------------------------------------------------------------------------- cg: true Hessian
-
-
-def conjugate_gradient(
-    hvp, rhs: torch.Tensor, damping: float, tol: float = 1e-6, max_iter: int = 1000, chunk: int = HVP_CHUNK,
-    out: torch.Tensor | None = None,
-):  # fmt: skip
-    """Solve (H + damping·I) x = b for every row b of `rhs`: independent CG runs, `chunk` rows at a time.
-
-    A block of rows is one vmapped HVP per iteration, and its CG state (x, r, p and their temporaries,
-    ~10 rows each) is all the memory CG adds, whatever len(rhs) is: all rows at once held ~10 copies of
-    `rhs`, 10 GB for CIFAR10-50pc in float64 (BENCHMARKS.md, peak memory). The solutions go to `out`
-    (default: a new tensor); `out=rhs` overwrites the right-hand sides, each block once it is solved.
-    """
-    x = torch.empty_like(rhs) if out is None else out
-    infos = []
-    for lo in range(0, len(rhs), chunk):
-        solution, info = _cg_block(hvp, rhs[lo : lo + chunk], damping, tol, max_iter)
-        x[lo : lo + chunk] = solution
-        infos.append(info)
-    rel_res = torch.cat([i.pop("rel_res") for i in infos])
-    info = {"iterations": max(i["iterations"] for i in infos), "converged": bool((rel_res <= tol).all()),
-            "max_rel_residual": rel_res.max().item(),
-            "negative_curvature_rows": sum(i["negative_curvature_rows"] for i in infos), "tol": tol}  # fmt: skip
-    return x, info
-
-
-def _cg_block(hvp, rhs: torch.Tensor, damping: float, tol: float, max_iter: int):
-    """CG for the rows of `rhs` at once, one vmapped HVP per iteration over the rows still running."""
-    x = torch.zeros_like(rhs)
-    r = rhs.clone()
-    p = r.clone()
-    rs = r.square().sum(1)
-    b_norm = rhs.norm(dim=1).clamp_min(torch.finfo(rhs.dtype).tiny)
-    active = torch.ones(len(rhs), dtype=torch.bool, device=rhs.device)
-    negative_curvature = torch.zeros_like(active)
-    it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007
-        idx = active.nonzero().squeeze(1)
-        ap = vmap(hvp)(p[idx]) + damping * p[idx]
-        curvature = (p[idx] * ap).sum(1)
-        bad = curvature <= 0
-        negative_curvature[idx[bad]] = True
-        alpha = torch.where(bad, torch.zeros_like(curvature), rs[idx] / curvature)
-        x[idx] += alpha[:, None] * p[idx]
-        r[idx] -= alpha[:, None] * ap
-        rs_new = r[idx].square().sum(1)
-        p[idx] = r[idx] + (rs_new / rs[idx])[:, None] * p[idx]
-        rs[idx] = rs_new
-        done = (rs_new.sqrt() / b_norm[idx] <= tol) | bad
-        active[idx[done]] = False
-        if not active.any():
-            break
-    return x, {
-        "iterations": it,
-        "negative_curvature_rows": int(negative_curvature.sum()),
-        "rel_res": rs.sqrt() / b_norm,
-    }
-
-
-def lanczos_extremes(hvp, v0: torch.Tensor, steps: int = 30) -> tuple[float, float]:
-    """Smallest and largest Ritz values of the symmetric operator `hvp` after `steps` Lanczos steps from v0.
-
-    With full reorthogonalisation. Ritz values lie inside [λ_min, λ_max] and converge fastest at the
-    ends, so a negative smallest one proves the operator indefinite.
-    """
-    basis = [v0 / v0.norm()]
-    alphas, betas = [], []
-    for _ in range(min(steps, len(v0))):
-        w = hvp(basis[-1])
-        alphas.append(w @ basis[-1])
-        q = torch.stack(basis)
-        for _ in range(2):  # twice is enough (Kahan)
-            w = w - q.T @ (q @ w)
-        betas.append(w.norm())
-        if betas[-1] <= 1e-10 * alphas[0].abs().clamp_min(1):  # the Krylov space is invariant: Ritz values exact
-            break
-        basis.append(w / betas[-1])
-    k = len(alphas)
-    off = torch.stack(betas[: k - 1]) if k > 1 else torch.zeros(0, dtype=v0.dtype, device=v0.device)
-    tri = torch.diag(torch.stack(alphas)) + torch.diag(off, 1) + torch.diag(off, -1)
-    ritz = torch.linalg.eigvalsh(tri)
-    return ritz[0].item(), ritz[-1].item()
 
 
 def if_cg(fm: FunctionalModel, train: Subset, test: Subset, damping: float, tol: float = 1e-6, max_iter: int = 1000):
@@ -274,6 +164,64 @@ def if_cg(fm: FunctionalModel, train: Subset, test: Subset, damping: float, tol:
         raise UserError(
             f"cg did not solve (H + {damping:g} I) x = grad L(z_j): {cause}; Lanczos puts the Hessian's smallest "
             f"eigenvalue at or below {lo:.3g} (largest {hi:.3g}). Use --damping above {max(-lo, 0):.3g} "
-            f"({CG_DAMPING:g} = the paper LiSSA's fixed point), a larger --max_iter, or --solver ggn"
+            f"({LISSA_FIXED_POINT_DAMPING:g} = the paper LiSSA's fixed point), a larger --max_iter, or --solver ggn"
         )
-    return -_test_gram(fm, x, test), info
+    return -flat_test_gram(fm, x, test), info
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+@dataclass(frozen=True)
+class IFOptions(HVPOptions):
+    solver: str = option("paper", "how H^-1 is applied: paper (FastIF's LiSSA), ggn (exact damped Gauss-Newton "
+                         "inverse), cg (conjugate gradients on true Hessian-vector products)",
+                         choices=("paper", "ggn", "cg"))  # fmt: skip
+    damping: float | None = option(None, lambda: "ggn, cg: lambda in (H + lambda I); default: the model family's, "
+                                   "ggn/cg: " + families.defaults(lambda f: f"{f.if_damping['ggn']:g}/{f.if_damping['cg']:g}")
+                                   + f" (cnn's cg default {LISSA_FIXED_POINT_DAMPING:g} is the fixed point of the "
+                                   "paper's LiSSA: CG needs H + lambda I positive definite)", positive=True)  # fmt: skip
+    tol: float = option(1e-6, "cg: relative residual to stop at", positive=True)
+    max_iter: int = option(1000, "cg: iteration limit", minimum=1)
+    lissa_batch_size: int | None = option(None, lambda: "paper: LiSSA's batch size; default: the model family's, "
+                                          f"as the original: {families.defaults(lambda f: f.lissa_batch)}",
+                                          minimum=1)  # fmt: skip
+    dtype: str | None = option(None, "default: float32 for paper, float64 otherwise", choices=("float32", "float64"))
+    diagnostics: bool = option(
+        True,
+        "paper: skip the fixed-point diagnostics (a CG solve for 8 probe gradients, and a fit of IF to GD)",
+        flag="no_diagnostics",
+    )
+
+    def resolve(self, family, on_gpu: bool) -> IFOptions:
+        if self.solver == "paper" and self.damping is not None:
+            raise UserError(f"--damping is for --solver ggn or cg; the paper's LiSSA has damping {PAPER_LISSA['damping']:g} "
+                            f"and scale {PAPER_LISSA['scale']:g}")  # fmt: skip
+        paper = self.solver == "paper"
+        return dataclasses.replace(
+            self,
+            damping=None if paper else self.damping or family.if_damping[self.solver],
+            lissa_batch_size=self.lissa_batch_size or family.lissa_batch,
+            dtype=self.dtype or ("float32" if paper else "float64"),
+        )
+
+
+def score(fm: FunctionalModel, train: Subset, test: Subset, opts: IFOptions, run_config: dict):
+    if opts.solver == "ggn":
+        return if_ggn(fm, train, test, opts.damping), {}
+    if opts.solver == "cg":
+        return if_cg(fm, train, test, opts.damping, opts.tol, opts.max_iter)
+    d, s, b = PAPER_LISSA["damping"], PAPER_LISSA["scale"], opts.lissa_batch_size
+    scores, s_train, g_train = if_paper(fm, train, test, d, s, b)
+    if not opts.diagnostics:
+        return scores, {}
+    gd = grad_similarity.grad_dot_and_cos(fm, train, test)[0]
+    return scores, lissa_diagnostics(fm, train, g_train, s_train, gd, scores, d, s, b)
+
+
+METHOD = register(
+    Method(
+        name="if", label="IF", helps_sign=-1, options=IFOptions, score=score, variant="solver",
+        summary="-grad L(z_j)^T H^-1 grad L(z), H the curvature of the mean training cross-entropy (no weight decay)",
+    )
+)  # fmt: skip

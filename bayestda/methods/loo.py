@@ -18,6 +18,7 @@ which equals separate retrains up to float rounding.
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -27,14 +28,15 @@ from tqdm.auto import tqdm
 
 from .. import families
 from ..allocator import retain_freed_memory
+from ..cli import available_cores
 from ..data import Subset
+from ..options import option
 from ..stacking import ModelStack
-from ..training import TrainConfig, evaluate, make_optimizer, train
+from ..training import TrainConfig, batch_orders, evaluate, make_optimizer, train
+from .registry import Method, loss_dtype_option, register
+from .samples import SeedSamples
 
 PROTOCOLS = ("paper", "paired", "scratch")
-# Retrains per stack by device (`--stack auto`): on a CPU the one-thread sequential loop is fastest
-# (BENCHMARKS.md); on a GPU a stack fills the device.
-AUTO_STACK = {"cpu": 1, "cuda": 64}
 
 
 @dataclass(frozen=True)
@@ -76,29 +78,41 @@ def start_model(ctx: RetrainContext, job: Retrain) -> torch.nn.Module:
 
 def retrain_from(ctx: RetrainContext, job: Retrain, model, optimizer) -> torch.Tensor:
     """The job's retrain of `model` (at its start) with `optimizer`; benchmarks pass other models or optimizers."""
+    weight, exclude = _weights_and_exclusions([job], len(ctx.train_data))
+    weight = None if weight is None else weight[0]
+    exclude = None if exclude is None else int(exclude[0])  # one model: its sample leaves its batch
+    return _train_and_record(ctx, model, optimizer, weight, exclude)
+
+
+def _weights_and_exclusions(jobs: list[Retrain], n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`train`'s sample weights [len(jobs), n] (zeroed jobs: 0 at their sample) or exclusions [len(jobs)] (removed
+    jobs: their position, -1 for none) of one model per job; None where no job needs them."""
+    zeroed = [j.leave_out is not None and j.zero_weight for j in jobs]
+    removed = [j.leave_out is not None and not j.zero_weight for j in jobs]
+    if any(removed) and any(zeroed):
+        raise ValueError("one stack cannot mix zeroed and removed samples")
     weight, exclude = None, None
-    if job.leave_out is not None and job.zero_weight:
-        weight = torch.ones(len(ctx.train_data))
-        weight[job.leave_out] = 0.0
-    elif job.leave_out is not None:
-        exclude = job.leave_out
+    if any(zeroed):
+        weight = torch.ones(len(jobs), n)
+        for m, job in enumerate(jobs):
+            if job.leave_out is not None:
+                weight[m, job.leave_out] = 0.0
+    elif any(removed):
+        exclude = torch.tensor([-1 if j.leave_out is None else j.leave_out for j in jobs])
+    return weight, exclude
+
+
+def _train_and_record(ctx: RetrainContext, model, optimizer, weight, exclude) -> torch.Tensor:
+    """Train `model` (one model or a stack) on the seed's batches; its test losses at ctx.eval_epochs, stacked on
+    dim 0: [len(eval_epochs), n_test], or [len(eval_epochs), M, n_test] for a stack of M."""
     losses = {}
 
     def record(epoch, model, optimizer, train_loss):
         if epoch in ctx.eval_epochs:
             losses[epoch] = evaluate(model, ctx.test_data, ctx.loss_dtype)[0]
 
-    train(
-        model,
-        optimizer,
-        ctx.train_data,
-        ctx.orders,
-        ctx.cfg,
-        sample_weight=weight,
-        exclude=exclude,
-        extras=families.train_extras(ctx.config),
-        on_epoch_end=record,
-    )
+    train(model, optimizer, ctx.train_data, ctx.orders, ctx.cfg, sample_weight=weight, exclude=exclude,
+          extras=families.train_extras(ctx.config), on_epoch_end=record)  # fmt: skip
     return torch.stack([losses[e] for e in ctx.eval_epochs])
 
 
@@ -122,33 +136,14 @@ def run_stacked_retrains(ctx: RetrainContext, jobs: list[Retrain]) -> list[torch
     Equal to `run_retrain` per job up to float rounding: the same starts, batches and fresh Adam. A job
     either zeroes its sample's loss or removes it from its batch, as in `run_retrain`.
     """
-    removed = [j.leave_out is not None and not j.zero_weight for j in jobs]
-    zeroed = [j.leave_out is not None and j.zero_weight for j in jobs]
-    if any(removed) and any(zeroed):
-        raise ValueError("one stack cannot mix zeroed and removed samples")
+    weight, exclude = _weights_and_exclusions(jobs, len(ctx.train_data))
     if not stackable(ctx.config):
         raise ValueError("this model draws random numbers in training (dropout); its retrains cannot be stacked")
     template = families.init(ctx.config)
     states = [template.state_dict() if j.start is None else ctx.start_states[j.start] for j in jobs]
     stack = ModelStack(template, states).to(ctx.device)
-    weight, exclude = None, None
-    if any(zeroed):
-        weight = torch.ones(len(jobs), len(ctx.train_data))
-        for m, job in enumerate(jobs):
-            if job.leave_out is not None:
-                weight[m, job.leave_out] = 0.0
-    elif any(removed):
-        exclude = torch.tensor([-1 if j.leave_out is None else j.leave_out for j in jobs])
-    losses = {}
-
-    def record(epoch, model, optimizer, train_loss):
-        if epoch in ctx.eval_epochs:
-            losses[epoch] = evaluate(model, ctx.test_data, ctx.loss_dtype)[0]
-
-    train(stack, make_optimizer(stack, ctx.cfg), ctx.train_data, ctx.orders, ctx.cfg, sample_weight=weight,
-          exclude=exclude, extras=families.train_extras(ctx.config), on_epoch_end=record)  # fmt: skip
-    per_epoch = torch.stack([losses[e] for e in ctx.eval_epochs], 1)  # [M, len(eval_epochs), n_test]
-    return list(per_epoch.unbind(0))
+    per_epoch = _train_and_record(ctx, stack, make_optimizer(stack, ctx.cfg), weight, exclude)
+    return list(per_epoch.unbind(1))  # [len(eval_epochs), n_test] per model
 
 
 _WORKER_CTX: RetrainContext | None = None
@@ -201,7 +196,7 @@ def run_retrains(
         workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(ctx,)
     ) as pool:
         out = []
-        # One job at a time: chunks of several retrains (~1.6 s each) left one worker idle at the end.
+        # One job at a time: chunks of several retrains left one worker idle at the end.
         for result in pool.map(_worker_retrain, jobs, chunksize=1):
             out.append(result)
             bar.update()
@@ -234,3 +229,65 @@ def loo_scores(protocol: str, ctx: RetrainContext, base_losses: torch.Tensor, wo
     full = torch.stack([r[-1] for r in results[n_ckpts * n :]])
     diag = {"mean_abs_continuation_shift_of_test_loss": (full - base_losses).abs().mean().item()}
     return loo - full[:, None, :], diag
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+def resolve_stack(stack: int | str, config: dict, device) -> int:
+    """`--stack auto`: the model family's for the device; 1 for models with training-time randomness, whose
+    retrains cannot be stacked."""
+    if not stackable(config):
+        return 1
+    auto = families.of_config(config).auto_stack.get(torch.device(device).type, 1)
+    return auto if stack == "auto" else int(stack)
+
+
+def retrain_context(protocol: str, samples: SeedSamples, device, loss_dtype: torch.dtype = torch.float32):
+    """What every LOO retrain of a seed shares: `scratch` retrains from the initialisation and is read at the
+    checkpoints' epochs; `paper`/`paired` continue from each checkpoint and are read at the last epoch."""
+    cfg = samples.configs[0]
+    scratch = protocol == "scratch"
+    return RetrainContext(
+        config=cfg, train_data=samples.train, test_data=samples.test.to(device),
+        cfg=TrainConfig.from_config(cfg), orders=batch_orders(len(samples.train), cfg["epochs"], cfg["batch_seed"]),
+        start_states=[] if scratch else [c["state_dict"] for c in samples.checkpoints],
+        eval_epochs=tuple(samples.epochs) if scratch else (cfg["epochs"],), device=str(device), loss_dtype=loss_dtype,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LOOOptions:
+    protocol: str = option("paper", "which retraining defines the ground truth: paper (continue from each "
+                           "checkpoint without z_j; compare with the checkpoint, as the original), paired (compare "
+                           "with the same continuation on the full data), scratch (retrain from the seed's "
+                           "initialisation and batch order)", choices=PROTOCOLS)  # fmt: skip
+    loss_dtype: str = loss_dtype_option()
+    workers: int | None = option(None, "CPU: processes, one thread each (results do not depend on it); default: "
+                                 "the cores this process may use", minimum=1)  # fmt: skip
+    stack: int | str = option("auto", lambda: "retrains trained together as one vmapped model (equal to separate "
+                              "retrains up to float rounding). auto: the model family's, on a CPU/GPU: "
+                              + families.defaults(lambda f: f"{f.auto_stack['cpu']}/{f.auto_stack['cuda']}")
+                              + ". Models that use dropout in training (the ViT) always retrain one at a time",
+                              auto=True, minimum=1)  # fmt: skip
+
+    def resolve(self, family, on_gpu: bool) -> LOOOptions:
+        return dataclasses.replace(self, workers=self.workers or available_cores())
+
+
+def score(samples: SeedSamples, opts: LOOOptions, device) -> tuple[torch.Tensor, list[dict]]:
+    """LOO retrains one seed as a whole (`scratch`), or continues from each of its checkpoints."""
+    loss_dtype = getattr(torch, opts.loss_dtype)
+    ctx = retrain_context(opts.protocol, samples, device, loss_dtype)
+    base = torch.stack([evaluate(m, samples.test, loss_dtype)[0] for m in samples.models(device)])
+    stack = resolve_stack(opts.stack, samples.configs[0], device)
+    scores, diag = loo_scores(opts.protocol, ctx, base, opts.workers, stack)
+    return scores, [{**diag, "stack": stack}]
+
+
+METHOD = register(
+    Method(
+        name="loo", label="LOO", helps_sign=+1, options=LOOOptions, score=score, per_seed=True, variant="protocol",
+        loss_difference=True, ground_truth=True, summary="L(z; theta without z_j) - L(z; theta), by retraining",
+    )
+)  # fmt: skip

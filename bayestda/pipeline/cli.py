@@ -5,10 +5,12 @@ from __future__ import annotations
 import shlex
 import sys
 
-from ..cli import Parser, available_cores
+from .. import families
+from ..cli import Parser, add_seed_ids, available_cores
 from ..data import TASKS
 from ..errors import UserError
-from ..paths import DATA_ROOT_ENV, read_seeds, resolve_out_root
+from ..methods import registry
+from ..paths import DATA_ROOT_ENV, resolve_out_root
 from . import slurm
 from .execute import LocalExecutor, RayExecutor, execute, write_report
 from .graph import DEFAULT_METHODS, ExperimentSpec, build_graph, pending, resolve_methods
@@ -20,21 +22,21 @@ def parser(doc: str) -> Parser:
     g.add_argument(
         "--model",
         default="cnn",
-        help="cnn, cnn3 (3-layer), vit (ViT + LoRA), or with a posterior suffix: cnn-deinit, ...",
+        help=f"{', '.join(families.model_names())}, or with a posterior suffix: cnn-deinit, cnn-debatch, ...",
     )
     g.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
     g.add_argument("--num_per_class", type=int, required=True, help="training images per class (10..60)")
+    with_variants = [m for m in registry.all_methods().values() if m.variant]
     g.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help="comma-separated: loo, if (variant from --protocol/--solver) or full names: loo-scratch, if-cg, ...",
+        help=f"comma-separated score-file names ({', '.join(registry.score_names())}); a bare "
+        + ", ".join(f"{m.name} takes its variant from --{m.variant}" for m in with_variants),
     )
-    g.add_argument("--protocol", default="paper", choices=["paper", "paired", "scratch"], help="LOO for bare `loo`")
-    g.add_argument("--solver", default="paper", choices=["paper", "ggn", "cg"], help="IF solver for bare `if`")
-    g.add_argument(
-        "--seeds", "--seed_ids", dest="seed_ids", type=int, nargs="+", default=None,
-        help="seed_ids (0-based lines of seeds.txt) to run; default: every seed",
-    )  # fmt: skip
+    for m in with_variants:
+        g.add_argument(f"--{m.variant}", default=m.default_variant, choices=m.variants,
+                       help=f"{m.label} variant for a bare `{m.name}` in --methods")  # fmt: skip
+    add_seed_ids(p, g, "to run")
     g.add_argument("--epochs", type=int, default=None, help="training epochs; default 15 (mnist3) or 30 (cifar10)")
     g.add_argument(
         "--model_name_or_path",
@@ -58,7 +60,7 @@ def parser(doc: str) -> Parser:
         "--cold_start",
         action="store_true",
         help="local: start each task as a fresh `python script.py`; by default tasks are forked from a process "
-        "that has imported torch once (saves ~3.5 s per task)",
+        "that has imported torch once (saves the imports of every task)",
     )
     r.add_argument("--retries", type=int, default=1, help="times a failed task is retried before the run stops")
     r.add_argument("--keep_going", action="store_true", help="after a failure, go on with tasks that do not need it")
@@ -92,17 +94,18 @@ def _gpus(flag: str) -> list[str]:
 
 
 def spec_from_args(p: Parser, args) -> ExperimentSpec:
-    n_seeds = len(read_seeds())
-    seed_ids = args.seed_ids if args.seed_ids is not None else list(range(n_seeds))
-    if bad := [k for k in seed_ids if not 0 <= k < n_seeds]:
-        p.error(f"--seeds {bad} out of range: seeds.txt has {n_seeds} seeds, so use 0..{n_seeds - 1}")
+    seed_ids = args.seed_ids
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
-    vit_flags = {"--model_name_or_path": args.model_name_or_path, "--precision": args.precision}
-    train_flags = tuple(x for flag, value in vit_flags.items() if value is not None for x in (flag, value))
-    if train_flags and not args.model.startswith("vit"):
-        p.error("--model_name_or_path and --precision are for --model vit")
-    methods = resolve_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.protocol, args.solver)
+    family = families.of_model(args.model)
+    family_flags = {"--model_name_or_path": args.model_name_or_path, "--precision": args.precision}
+    given = {flag: value for flag, value in family_flags.items() if value is not None}
+    if bad := [flag for flag in given if flag not in family.train_flags]:
+        owners = [f.name for f in families.all_families().values() if set(bad) <= set(f.train_flags)]
+        p.error(f"{' and '.join(bad)} are for --model {' or '.join(owners)}, not {args.model}")
+    train_flags = tuple(x for flag, value in given.items() for x in (flag, value))
+    variants = {m.variant: getattr(args, m.variant) for m in registry.all_methods().values() if m.variant}
+    methods = resolve_methods([m.strip() for m in args.methods.split(",") if m.strip()], variants)
     if not methods:
         p.error("--methods is empty")
     return ExperimentSpec(

@@ -11,33 +11,22 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import families
 from ..analysis import CORRELATIONS_MANIFEST, PVALUES_MANIFEST
-from ..checkpoints import read_metrics
-from ..ensemble import train_argv
-from ..errors import UserError
-from ..paths import (
-    REPO_ROOT,
-    checkpoint_file,
-    experiment_name,
-    find_subset_file,
-    last_epochs,
-    read_seeds,
-    results_dir,
-    score_argv,
-    score_file,
-    seed_model_dir,
-)
-from ..posterior import parse_model_name
-from ..scores import METHODS
+from ..checkpoints import finished_checkpoints
+from ..methods import registry
+from ..paths import REPO_ROOT, experiment_name, find_subset_file, read_seeds, results_dir, score_file, seed_model_dir
 
-DEFAULT_METHODS = ("loo", "ats", "if", "gd", "gc")  # the paper's five; bare loo/if take --protocol/--solver
+# The paper's five as runner names: a method with variants is named bare and takes its variant from its flag
+# (`--protocol`, `--solver`), whose default is the paper's.
+DEFAULT_METHODS = tuple(name.split("-", 1)[0] for name in registry.PAPER_METHODS)
 
 
 @dataclass(frozen=True)
 class ExperimentSpec:
     """What to run: one model family on one training subset, a set of methods and seeds."""
 
-    model: str  # cnn, cnn3, vit, or with a posterior suffix: cnn-deinit, cnn3-debatch
+    model: str  # a model name of a family (`families`), e.g. cnn, cnn3, vit, logreg, or cnn-deinit
     task: str
     num_per_class: int
     methods: tuple[str, ...]  # score-file names, e.g. ("loo-paper", "ats", "if-paper", "gd", "gc")
@@ -82,33 +71,19 @@ class Task:
         return argv
 
 
-def resolve_methods(names: list[str], protocol: str, solver: str) -> tuple[str, ...]:
-    """`loo` -> `loo-<protocol>`, `if` -> `if-<solver>`; full names pass through. Unknown names are an error."""
+def resolve_methods(names: list[str], variants: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Score-file names: a bare method with variants takes `variants[<its variant option>]` (e.g. {"protocol":
+    "scratch"}), else its default; full names pass through. Unknown names are an error."""
+    variants = variants or {}
     out = []
     for name in names:
-        method = {"loo": f"loo-{protocol}", "if": f"if-{solver}"}.get(name, name)
-        if method not in METHODS:
-            raise UserError(f"unknown method {name!r}; choose from loo, if, {', '.join(METHODS)}")
-        if method not in out:
-            out.append(method)
+        method = registry.get(name)
+        if name == method.name and method.variant:
+            name = f"{name}-{variants.get(method.variant, method.default_variant)}"
+            registry.get(name)  # a variant that does not exist is an error too
+        if name not in out:
+            out.append(name)
     return tuple(out)
-
-
-def check_model(model: str) -> None:
-    try:
-        base, _ = parse_model_name(model)
-    except ValueError as exc:
-        raise UserError(f"--model {model}: {exc}; use cnn, cnn3 or vit, optionally with -deinit or -debatch") from None
-    if base not in ("cnn", "cnn3", "vit"):
-        raise UserError(f"--model {model}: unknown model family {base!r}; use cnn, cnn3 or vit")
-
-
-def _trained(seed_dir: Path) -> bool:
-    """A finished training run: metrics.json (written last) and its last checkpoints."""
-    metrics = read_metrics(seed_dir)
-    return metrics is not None and all(
-        checkpoint_file(seed_dir, e).is_file() for e in last_epochs(metrics["config"]["epochs"])
-    )
 
 
 def _analysis_done(manifest: Path, spec: ExperimentSpec, inputs: list[Path]) -> bool:
@@ -126,7 +101,7 @@ def _analysis_done(manifest: Path, spec: ExperimentSpec, inputs: list[Path]) -> 
 
 def build_graph(spec: ExperimentSpec) -> list[Task]:
     """Every task of the experiment in dependency order, each marked done or not."""
-    check_model(spec.model)
+    family = families.of_model(spec.model)
     out = spec.out_root
     common = ["--out_root", str(out)] if out.resolve() != REPO_ROOT else []
     data = ["--data_root", str(spec.data_root)] if spec.data_root else []
@@ -144,28 +119,29 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
     tasks = [subsets]
 
     epochs = ["--epochs", str(spec.epochs)] if spec.epochs else []
-    train_script = [*train_argv(spec.model, spec.task, n), *epochs, *spec.train_flags, *common, *data, *overwrite]
+    train_script = [*family.train_argv(spec.model, spec.task, n), *epochs, *spec.train_flags, *common, *data,
+                    *overwrite]  # fmt: skip
     for k in spec.seed_ids:
         seed_dir = seed_model_dir(out, spec.model, spec.task, n, seeds[k])
-        done = not spec.overwrite and _trained(seed_dir)
+        done = not spec.overwrite and finished_checkpoints(seed_dir) is not None
         tasks.append(Task(f"train_seed{k}", "train", train_script, ["subsets"], done, k, uses_gpu=True))
 
     score_files = []
     for method in spec.methods:
-        argv = [*score_argv(spec.model, method, spec.task, n), *common, *data, *overwrite]
+        argv = [*registry.score_argv(spec.model, method, spec.task, n), *common, *data, *overwrite]
         for k in spec.seed_ids:
             path = score_file(out, spec.model, method, spec.task, n, seeds[k])
             score_files.append(path)
             done = not spec.overwrite and path.is_file()
             tasks.append(
                 Task(f"{method}_seed{k}", method, argv, [f"train_seed{k}"], done, k, uses_gpu=True,
-                     takes_workers=method.startswith("loo"))
+                     takes_workers=hasattr(registry.get(method).options, "workers"))
             )  # fmt: skip
 
     method_tasks = [t.name for t in tasks if t.stage in spec.methods]
     stats = ["--model", spec.model, "--task", spec.task, "--num_per_class", str(n), "--methods", ",".join(spec.methods)]
     if list(spec.seed_ids) != list(range(len(seeds))):
-        stats += ["--seeds", *map(str, spec.seeds)]
+        stats += ["--seed_ids", *map(str, spec.seed_ids)]
     res = results_dir(out, spec.model, spec.task, n)
     for stage, script, manifest in (
         ("pvalues", "compute_pvalues.py", PVALUES_MANIFEST),

@@ -1,8 +1,8 @@
 """Warm task starts: each task runs in its own process, forked from a server that has already imported torch.
 
-A fresh `python tda_cnn_scripts/gd.py ...` spends about 3.5 s importing torch, torchvision (which pulls in
-torch._dynamo) and the package, and the statistics steps about 5 s (scipy, pandas, seaborn). Over the 60-odd
-tasks of an experiment that is minutes. Here a multiprocessing "forkserver" imports them once; every task is
+A fresh `python tda_cnn_scripts/gd.py ...` spends seconds importing torch, torchvision (which pulls in
+torch._dynamo) and the package, and the statistics steps more (scipy, pandas, seaborn); over the 60-odd
+tasks of an experiment that is minutes (BENCHMARKS.md). Here a multiprocessing "forkserver" imports them once; every task is
 then a fork of it that runs the step script as `python script.py` would (`runpy`, `__main__`, its argv), with
 its own environment, thread budget and log. Each task still has its own process, so a crash, a leak or a
 CUDA context stays with it. The server never touches CUDA or runs a torch op, so forking it is safe.
@@ -18,7 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
-# What every CNN step imports; the ViT steps import transformers and peft themselves (~5 s, small next to them).
+# What every CNN step imports; the ViT steps import transformers and peft themselves (small next to their work).
 PRELOAD = (
     "torch",
     "torchvision",

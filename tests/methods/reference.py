@@ -40,7 +40,7 @@ def toy_data(n: int, seed: int = 0, classes: int = 3, dtype=torch.float64) -> Su
 
 def micro_vit(path, seed: int = 0, dtype=torch.float64) -> nn.Module:
     """The micro ViT of `micro_vit_dir` with LoRA r=2 and a 3-way classifier: ~300 trainable parameters."""
-    from bayestda.vit import LoraSpec, build_vit
+    from bayestda.models.vit import LoraSpec, build_vit
 
     torch.manual_seed(seed)
     return build_vit(str(path), num_labels=3, lora=LoraSpec(r=2, alpha=4)).to(dtype).eval()

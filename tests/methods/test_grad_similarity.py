@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from helpers import build_model, features_to_dense
 from torch.nn import functional as F
 
 from bayestda.data import load_subset
 from bayestda.func import FunctionalModel, cross_entropy_hessian_factor
 from bayestda.methods.features import GradFeaturizer
 from bayestda.methods.grad_similarity import grad_dot_and_cos
-from bayestda.models import build_model
 from bayestda.paths import REPO_ROOT
 
 from .reference import TinyNet, micro_vit, per_pair_grads, toy_data, trained_tiny
@@ -48,14 +48,14 @@ def test_factored_features_are_the_dense_gradients(cnn_and_data):
     assert featurizer.factored == ["fc1", "fc2"]  # the CNN's linear layers are kept as outer products
     feats = featurizer.loss_grads(train.x, train.y, chunk=2)
     dense = fm.per_sample_grads(train.x, train.y)
-    torch.testing.assert_close(featurizer.to_dense(feats), dense, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(features_to_dense(featurizer, feats), dense, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(feats.gram(feats), dense @ dense.T, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(feats.sq_norms(), dense.square().sum(1), rtol=1e-10, atol=1e-12)
     vectors = torch.randn(3, dense.shape[1], dtype=torch.float64)  # any flat vectors (IF's s_test)
     torch.testing.assert_close(featurizer.dot_flat(vectors, feats), vectors @ dense.T, rtol=1e-10, atol=1e-12)
     # Jacobian-vector rows: J_iᵀ w for each cotangent w, against autograd of w·f(x_i)
     w = cross_entropy_hessian_factor(fm.logits(fm.params, train.x[:2])).transpose(1, 2)
-    jv = featurizer.to_dense(featurizer.jacobian_vector_grads(train.x[:2], w))
+    jv = features_to_dense(featurizer, featurizer.jacobian_vector_grads(train.x[:2], w))
     for i in range(2):
         for k in range(w.shape[1]):
             model.zero_grad()
@@ -84,7 +84,7 @@ def test_linear_layers_on_sequences_stay_dense():
     assert featurizer.factored == ["head"]
     feats = featurizer.loss_grads(x, y)
     dense = fm.per_sample_grads(x, y)
-    torch.testing.assert_close(featurizer.to_dense(feats), dense, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(features_to_dense(featurizer, feats), dense, rtol=1e-10, atol=1e-12)
     vectors = torch.randn(2, dense.shape[1], dtype=torch.float64)
     torch.testing.assert_close(featurizer.dot_flat(vectors, feats), vectors @ dense.T, rtol=1e-10, atol=1e-12)
 
@@ -99,11 +99,11 @@ def test_features_when_everything_or_nothing_is_factored(kind):
     featurizer = GradFeaturizer(fm, x, factor_linear=kind == "all_linear")
     assert (featurizer.factored == ["0", "2"]) == (kind == "all_linear")
     feats, dense = featurizer.loss_grads(x, y, chunk=4), fm.per_sample_grads(x, y)
-    torch.testing.assert_close(featurizer.to_dense(feats), dense)
+    torch.testing.assert_close(features_to_dense(featurizer, feats), dense)
     vectors = torch.randn(2, dense.shape[1], dtype=torch.float64)
     torch.testing.assert_close(featurizer.dot_flat(vectors, feats), vectors @ dense.T)
     w = torch.randn(6, 2, 3, dtype=torch.float64)
-    jv = featurizer.to_dense(featurizer.jacobian_vector_grads(x, w, chunk=4))
+    jv = features_to_dense(featurizer, featurizer.jacobian_vector_grads(x, w, chunk=4))
     for i in range(6):
         for k in range(2):
             model.zero_grad()

@@ -8,16 +8,15 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import single_thread
+from helpers import build_model, init_model, single_thread
 from torch.nn import functional as F
 
 from bayestda import families
 from bayestda.data import Subset, load_subset
 from bayestda.methods import loo
-from bayestda.models import build_model
+from bayestda.models.vit import LoraSpec, vit_run_config
 from bayestda.paths import REPO_ROOT
-from bayestda.training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
-from bayestda.vit import LoraSpec, vit_run_config
+from bayestda.training import TrainConfig, batch_orders, evaluate, make_optimizer, train
 
 from .reference import toy_data
 
@@ -237,7 +236,9 @@ def test_stacked_scratch_trains_alone_a_removal_that_empties_a_batch(ctx_factory
     with single_thread():
         one, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20), workers=1)
         stacked, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20), workers=1, stack=4)
-    torch.testing.assert_close(stacked, one, rtol=0, atol=1e-4)
+    # float32 with two summation orders: the gap depends on the CPU's kernels, so it is bounded relative to the
+    # effect under test (the LOO scores) rather than absolutely; tests/test_stacking.py checks 1e-10 in float64
+    assert (stacked - one).abs().max() <= 0.02 * one.abs().max()
     jobs = [loo.Retrain(j, zero_weight=False) for j in sorted(last)] + [loo.Retrain(None, zero_weight=False)]
     with single_thread():
         alone = loo.run_retrains(ctx, jobs, workers=1, desc="", stack=4)[:-1]
@@ -247,12 +248,14 @@ def test_stacked_scratch_trains_alone_a_removal_that_empties_a_batch(ctx_factory
 
 def test_vit_retrains_are_never_stacked(vit_setup):
     """Dropout would draw one mask for a whole stack: `auto` and explicit stacks both give 1 for the ViT."""
-    from bayestda.methods.runner import resolve_stack
+    from bayestda.methods.loo import resolve_stack
 
     config, train_data, test, orders, _ = vit_setup
     assert resolve_stack("auto", config, "cuda") == resolve_stack(64, config, "cuda") == 1
-    assert resolve_stack("auto", {"arch": "cnn2", "task": "mnist3"}, "cuda") == loo.AUTO_STACK["cuda"]
+    assert resolve_stack("auto", {"arch": "cnn2", "task": "mnist3"}, "cuda") == 64
     assert resolve_stack("auto", {"arch": "cnn2", "task": "mnist3"}, "cpu") == 1
+    assert resolve_stack("auto", {"family": "logreg", "arch": "logreg", "task": "mnist3"}, "cpu") == 64
+    assert resolve_stack(3, {"family": "logreg", "arch": "logreg", "task": "mnist3"}, "cpu") == 3
     ctx = loo.RetrainContext(config, train_data, test, CFG, orders, start_states=[], eval_epochs=(4,))
     with pytest.raises(ValueError, match="dropout"):
         loo.run_stacked_retrains(ctx, [loo.Retrain(None), loo.Retrain(0)])

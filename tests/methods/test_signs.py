@@ -2,15 +2,16 @@
 
 import pytest
 import torch
+from helpers import init_model
 from torch.nn import functional as F
 
 from bayestda.data import Subset, load_subset
 from bayestda.func import FunctionalModel
 from bayestda.methods import ats, influence, loo
 from bayestda.methods.grad_similarity import grad_dot_and_cos
+from bayestda.methods.registry import helps_sign
 from bayestda.paths import REPO_ROOT
-from bayestda.scores import HELPS_SIGN
-from bayestda.training import TrainConfig, batch_orders, evaluate, init_model, make_optimizer, train
+from bayestda.training import TrainConfig, batch_orders, evaluate, make_optimizer, train
 
 from .reference import toy_data, trained_tiny
 
@@ -41,7 +42,7 @@ def test_gradient_and_influence_methods_call_the_duplicate_helpful(toy_with_dupl
         "if-cg": influence.if_cg(fm, train_set, test, damping=1.0, tol=1e-8)[0],  # λ_min(H) ≈ -0.75 here
     }
     for method, tau in scores.items():
-        helps = HELPS_SIGN[method.split("-")[0]] * tau[-1, 0]
+        helps = helps_sign(method) * tau[-1, 0]
         assert helps > 0, f"{method}: the duplicate does not help ({tau[-1, 0].item():.3g})"
     assert gc[-1, 0].item() == pytest.approx(1.0)  # a duplicate's gradient is the test gradient
 
@@ -78,4 +79,4 @@ def test_loo_calls_the_duplicate_helpful(data_root, protocol):
     with torch.no_grad():
         base = F.cross_entropy(model.eval()(test.x), test.y, reduction="none")[None]
     tau, _ = loo.loo_scores(protocol, ctx, base, workers=1)
-    assert HELPS_SIGN["loo"] * tau[0, -1, 0] > 0, f"loo-{protocol}: {tau[0, -1, 0].item():.3g}"
+    assert helps_sign("loo") * tau[0, -1, 0] > 0, f"loo-{protocol}: {tau[0, -1, 0].item():.3g}"

@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 
-from bayestda.cli import Parser
 from bayestda.data import read_indices
-from bayestda.methods.cli import _if_flags, _if_method
+from bayestda.methods.cli import parse_method_args
 from bayestda.paths import REPO_ROOT, score_file
 
 COMMON = ["--task", "mnist3", "--num_per_class", "10", "--device", "cpu"]
@@ -78,7 +77,7 @@ def test_rerun_skips_and_pvalues_run_on_the_scores(scored, data_root):
     out, _ = scored
     again = run("tda_cnn_scripts/gd.py", *COMMON, "--seed_id", "1", "--out_root", str(out), data_root=data_root)
     assert again.returncode == 0 and "skipped" in again.stdout
-    proc = run("compute_pvalues.py", "--experiment", "cnn_mnist3_10pc", "--methods", ",".join(SCRIPTS), "--seeds", "0", "1",
+    proc = run("compute_pvalues.py", "--experiment", "cnn_mnist3_10pc", "--methods", ",".join(SCRIPTS), "--seed_ids", "0", "1",
                "--out_root", str(out), data_root=data_root)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (out / "results" / "cnn_mnist3_10pc" / "summary.csv").is_file()
@@ -111,9 +110,36 @@ def test_if_cg_refuses_an_indefinite_system_in_one_line(scored, data_root):
     assert not score_file(out, "cnn", "if-cg", "mnist3", 10, 0).exists()
 
 
-def test_if_cg_defaults_to_the_paper_lissa_fixed_point():
-    p = Parser("if")
-    _if_flags(p, "cnn")
-    assert _if_method(p.parse_args(["--solver", "cg"]), p)[1]["damping"] == 50.0
-    assert _if_method(p.parse_args(["--solver", "ggn"]), p)[1]["damping"] == 0.01
-    assert _if_method(p.parse_args(["--solver", "cg", "--damping", "3"]), p)[1]["damping"] == 3.0
+def _if_options(*flags, model="cnn"):
+    return parse_method_args("", "if", "cnn", [*COMMON, "--model", model, *flags])[1:]
+
+
+def test_if_damping_defaults_come_from_the_model_family():
+    """cnn: cg at the paper LiSSA's fixed point (50), ggn 0.01; logreg: the weight decay for both; a flag wins."""
+    assert _if_options("--solver", "cg") == ("if-cg", _if_options("--solver", "cg")[1])
+    assert _if_options("--solver", "cg")[1].damping == 50.0
+    assert _if_options("--solver", "ggn")[1].damping == 0.01
+    assert _if_options("--solver", "cg", "--damping", "3")[1].damping == 3.0
+    assert _if_options("--solver", "cg", model="logreg")[1].damping == 5e-3
+    assert _if_options("--solver", "ggn", model="logreg-deinit")[1].damping == 5e-3
+    name, opts = _if_options()
+    assert name == "if-paper" and opts.damping is None and opts.lissa_batch_size == 8 and opts.dtype == "float32"
+    assert _if_options("--solver", "ggn")[1].dtype == "float64"
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--damping", "0.1"], "--damping is for --solver ggn or cg"),
+        (["--solver", "cg", "--damping", "0"], "--damping must be positive"),
+        (["--max_iter", "0"], "--max_iter must be at least 1"),
+        (["--hvp_chunk", "0"], "--hvp_chunk must be at least 1"),
+        (["--hvp_chunk", "many"], "--hvp_chunk 'many': give auto or a whole number"),
+        (["--chunk", "0"], "--chunk must be at least 1"),
+    ],
+)
+def test_bad_method_flags_are_one_line_errors(capsys, flags, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        _if_options(*flags)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

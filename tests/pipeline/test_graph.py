@@ -51,7 +51,7 @@ def test_fresh_experiment_lists_every_task_in_dependency_order(tmp_path):
     assert loo[:2] == ["tda_cnn_scripts/loo.py", "--model"] and loo[-4:] == ["--seed_id", "2", "--workers", "3"]
     assert "--protocol" in loo and loo[loo.index("--protocol") + 1] == "paper"
     assert by_name["pvalues"].argv[-2:] == ["--out_root", str(tmp_path)]
-    assert "--seeds" in by_name["pvalues"].argv  # 3 of the 10 seeds: the statistics get told which
+    assert "--seed_ids" in by_name["pvalues"].argv  # 3 of the 10 seeds: the statistics get told which
 
 
 def test_existing_outputs_are_not_listed(tmp_path):
@@ -103,15 +103,17 @@ def test_overwrite_lists_everything_but_the_committed_subsets(tmp_path):
 
 
 def test_methods_and_models_are_checked():
-    assert resolve_methods(["loo", "if", "gd", "loo-scratch"], "paper", "cg") == (
+    assert resolve_methods(["loo", "if", "gd", "loo-scratch"], {"protocol": "paper", "solver": "cg"}) == (
         "loo-paper",
         "if-cg",
         "gd",
         "loo-scratch",
     )
     with pytest.raises(UserError, match="unknown method 'tracin'"):
-        resolve_methods(["tracin"], "paper", "paper")
-    with pytest.raises(UserError, match="unknown model family"):
+        resolve_methods(["tracin"])
+    with pytest.raises(UserError, match="unknown method 'loo-lissa'"):
+        resolve_methods(["loo"], {"protocol": "lissa"})
+    with pytest.raises(UserError, match="unknown model 'resnet'"):
         build_graph(ExperimentSpec("resnet", "mnist3", 10, ("gd",), (0,), None))
 
 

@@ -21,7 +21,18 @@ from bayestda.report import common_share
 N = "10"
 SEED_IDS = ["0", "1"]
 METHODS = ["gd", "loo-scratch"]
-TINY = ["--task", "mnist3", "--num_per_class", N, "--seeds", *SEED_IDS, "--epochs", "2", "--methods", ",".join(METHODS)]
+TINY = [
+    "--task",
+    "mnist3",
+    "--num_per_class",
+    N,
+    "--seed_ids",
+    *SEED_IDS,
+    "--epochs",
+    "2",
+    "--methods",
+    ",".join(METHODS),
+]
 # Both runs use the same threads per process: float sums, and so the last bits of trained weights, depend on it.
 THREADS = str(max(1, available_cores() // 2))
 
@@ -57,7 +68,7 @@ def by_hand(tmp_path_factory, data_root) -> Path:
             ["tda_cnn_scripts/gd.py", *flags, "--seed_id", k],
             ["tda_cnn_scripts/loo.py", *flags, "--protocol", "scratch", "--seed_id", k],
         ]
-    stats = ["--model", "cnn", *flags, "--methods", ",".join(METHODS), "--seeds", *SEED_IDS]
+    stats = ["--model", "cnn", *flags, "--methods", ",".join(METHODS), "--seed_ids", *SEED_IDS]
     steps += [["compute_pvalues.py", *stats], ["compute_correlations.py", *stats]]
     for step in steps:
         proc = sh(step, data_root, env)
@@ -148,9 +159,9 @@ def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--seeds", "12"], "--seeds [12] out of range"),
+        (["--seed_ids", "12"], "--seed_ids [12] out of range"),
         (["--methods", "gd,tracin"], "unknown method 'tracin'"),
-        (["--model", "resnet"], "unknown model family 'resnet'"),
+        (["--model", "resnet"], "unknown model 'resnet'"),
         (["--model_name_or_path", "/x"], "are for --model vit"),
         (["--gpus", "a,b"], "give GPU ids"),
         (["--jobs", "0"], "--jobs must be at least 1"),

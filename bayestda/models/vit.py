@@ -23,8 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import UserError
-from .training import TrainExtras, stream_seed
+from .. import families
+from ..errors import UserError
+from ..training import TrainExtras, stream_seed
 
 DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
 
@@ -249,3 +250,17 @@ def vit_train_extras(config: dict) -> TrainExtras:
     return TrainExtras(
         augment=augment, linear_decay=True, rng_seed=stream_seed(seed, "dropout"), precision=config["precision"]
     )
+
+
+FAMILY = families.register(
+    families.ModelFamily(
+        name="vit", summary="ViT-B/16 with LoRA", archs={"vit": "vit"}, build=vit_from_config,
+        train_script="finetune_vit.py", score_folder="tda_vit_scripts", arch_flag=False,
+        train_flags=("--model_name_or_path", "--precision"), raw_pixels=True,
+        run_config=lambda spec: vit_run_config(spec.model_name_or_path, spec.lora, spec.precision),
+        train_extras=vit_train_extras,
+        # ViT-B/16 keeps ~100 MB of activations per 224×224 image, so its chunks are small; the original's
+        # ViT code ran LiSSA in batches of 32.
+        chunk=16, hvp_chunk=1, lissa_batch=32,
+    )
+)  # fmt: skip

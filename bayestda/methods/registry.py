@@ -1,0 +1,193 @@
+"""The method registry: every TDA method is declared once, as a `Method` passed to `register`.
+
+A declaration holds everything the steps need to know about a method:
+- its name (the step-2 script `<folder>/<name>.py`) and, if it has variants, the option that selects one;
+  a score file is named `<name>` or `<name>-<variant>` (`gd`, `if-ggn`, `loo-scratch`);
+- its "helps" sign (`sign · τ > 0` means "z_j helps z") and its label in figures;
+- its kind: scored on each checkpoint (`per_seed=False`), or once per seed from the seed's whole run
+  (`per_seed=True`: LOO retrains);
+- its options, a frozen dataclass (`options.option` fields): their defaults, --help text and ranges;
+- its scorer:
+  - per checkpoint: `score(fm, train, test, opts, run_config) -> ([n_train, n_test], diagnostics)`, with
+    `fm` a `func.FunctionalModel` of the checkpoint;
+  - per seed: `score(samples, opts, device) -> ([n_ckpts, n_train, n_test], [diagnostics])`, with
+    `samples` the seed's `samples.SeedSamples`.
+
+The step-2 scripts, the runner, steps 3 and 4, the figures and the report all read from here. Each
+method registers itself in its own module under `bayestda/methods/` (`ats`, `grad_similarity`,
+`influence`, `loo`), which the registry imports on first use; a module elsewhere registers when it is
+imported. See the README, "Adding a method or a model".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..options import check, option
+from ..plugins import Registry
+
+PAPER_METHODS = ("loo-paper", "ats", "if-paper", "gd", "gc")  # the paper's five, in its order: steps 3–4's default
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """The vmap chunk of a method that runs through `func.FunctionalModel`; results do not depend on it.
+    None: the model family's default (`families.ModelFamily`)."""
+
+    chunk: int | None = option(None, lambda: "samples per vmapped gradient call; lower it if memory runs out "
+                               f"(default: the model family's: {_family_defaults(lambda f: f.chunk)})",
+                               minimum=1)  # fmt: skip
+
+    def resolve_memory(self, family, on_gpu: bool):
+        return dataclasses.replace(self, chunk=self.chunk or family.chunk)
+
+
+@dataclass(frozen=True)
+class HVPOptions(MemoryOptions):
+    """MemoryOptions plus the chunk of Hessian-vector products, for methods that take them."""
+
+    hvp_chunk: int | str = option("auto", lambda: "vectors per vmapped Hessian-vector product; auto: the model "
+                                  "family's, on a CPU (on a GPU): " + _family_defaults(
+                                      lambda f: f"{f.hvp_chunk} ({f.auto_hvp_chunk(on_gpu=True)})"),
+                                  auto=True, minimum=1)  # fmt: skip
+
+    def resolve_memory(self, family, on_gpu: bool):
+        hvp_chunk = family.auto_hvp_chunk(on_gpu) if self.hvp_chunk == "auto" else int(self.hvp_chunk)
+        return dataclasses.replace(super().resolve_memory(family, on_gpu), hvp_chunk=hvp_chunk)
+
+
+def _family_defaults(describe) -> str:
+    from .. import families
+
+    return families.defaults(describe)
+
+
+def loss_dtype_option():
+    """The option of methods whose τ is a difference of test losses (`Method.loss_difference`)."""
+    return option("float32", "dtype of the test losses whose change is tau. float32 (as the paper) rounds a loss "
+                  "below ~1e-7 (a confident, correct prediction) to steps of 1.2e-7; float64 resolves it, from "
+                  "the same logits", choices=("float32", "float64"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # the step-2 script's stem; the score file's name, or its prefix if there are variants
+    label: str  # in figures and tables
+    helps_sign: int  # +1: a positive τ means z_j helps z; −1: a negative one does
+    options: type  # a frozen dataclass of `options.option` fields: the script's own flags
+    score: Callable
+    per_seed: bool = False  # scored once per seed from the whole run (LOO), not on each checkpoint
+    variant: str | None = None  # the options field that picks a variant (its choices name the score files)
+    loss_difference: bool = False  # τ is a difference of two evaluated test losses (float32 resolution applies)
+    ground_truth: bool = False  # τ is measured by retraining, not approximated: what the others are judged against
+    summary: str = ""  # one line: what τ is
+
+    @property
+    def functional(self) -> bool:
+        """Whether it runs through a FunctionalModel (and so takes --chunk/--hvp_chunk)."""
+        return issubclass(self.options, MemoryOptions)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        if self.variant is None:
+            return ()
+        return tuple(_field(self.options, self.variant).metadata["choices"])
+
+    @property
+    def default_variant(self) -> str | None:
+        return None if self.variant is None else _field(self.options, self.variant).default
+
+    def score_names(self) -> list[str]:
+        """Every score-file name this method writes: `gd`, or `if-paper`, `if-ggn`, `if-cg`."""
+        return [f"{self.name}-{v}" for v in self.variants] if self.variant else [self.name]
+
+    def score_name(self, opts) -> str:
+        return f"{self.name}-{getattr(opts, self.variant)}" if self.variant else self.name
+
+    def default_options(self, score_name: str | None = None):
+        """The options of a score-file name, with the method's defaults (`if-ggn` -> solver="ggn")."""
+        kwargs = {}
+        if self.variant and score_name and score_name != self.name:
+            kwargs[self.variant] = score_name.split("-", 1)[1]
+        return check(self.options(**kwargs))
+
+    def resolve(self, opts, family, device) -> object:
+        """Options with every family- or device-dependent default filled in: what the score file records."""
+        on_gpu = getattr(device, "type", str(device).split(":")[0]) == "cuda"
+        if hasattr(opts, "resolve_memory"):
+            opts = opts.resolve_memory(family, on_gpu)
+        if hasattr(opts, "resolve"):
+            opts = opts.resolve(family, on_gpu)
+        return opts
+
+    def script_argv(self, folder: str, score_name: str) -> list[str]:
+        """The step-2 script of a score-file name, with the flag that picks its variant."""
+        argv = [f"{folder}/{self.name}.py"]
+        if self.variant and score_name != self.name:
+            argv += [f"--{self.variant}", score_name.split("-", 1)[1]]
+        return argv
+
+
+def _field(cls, name: str) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
+
+
+_METHODS = Registry("bayestda.methods")
+
+
+def register(method: Method) -> Method:
+    """Make a method known to every step (it replaces one of the same name)."""
+    if method.helps_sign not in (-1, 1):
+        raise ValueError(f"{method.name}: helps_sign must be +1 or -1")
+    if method.variant is not None and not method.variants:
+        raise ValueError(f"{method.name}: the variant option {method.variant!r} needs choices")
+    _METHODS[method.name] = method
+    return method
+
+
+def all_methods() -> dict[str, Method]:
+    return _METHODS.loaded()
+
+
+def score_names() -> list[str]:
+    """Every score-file name of every registered method."""
+    return [n for m in all_methods().values() for n in m.score_names()]
+
+
+def get(name: str) -> Method:
+    """The method of a script name (`if`) or a score-file name (`if-ggn`)."""
+    methods = all_methods()
+    base = name if name in methods else name.split("-", 1)[0]
+    method = methods.get(base)
+    if method is None or (name != base and name not in method.score_names()):
+        raise UserError(f"unknown method {name!r}; choose from {', '.join(score_names())}")
+    return method
+
+
+def helps_sign(score_name: str) -> int:
+    return get(score_name).helps_sign
+
+
+def label(score_name: str) -> str:
+    """`IF (ggn)` for if-ggn, `GD` for gd; a name outside the registry is shown as it is."""
+    try:
+        method = get(score_name)
+    except UserError:
+        return score_name
+    variant = score_name[len(method.name) + 1 :]
+    return method.label + (f" ({variant})" if variant else "")
+
+
+def score_argv(model: str, score_name: str, task: str, num_per_class: int) -> list[str]:
+    """The step-2 script and flags that write a method's score files (every missing seed without --seed_id)."""
+    from .. import families
+
+    argv = get(score_name).script_argv(families.of_model(model).score_folder, score_name)
+    return [argv[0], "--model", model, "--task", task, "--num_per_class", str(num_per_class), *argv[1:]]
+
+
+def score_command(model: str, score_name: str, task: str, num_per_class: int) -> str:
+    return " ".join(["python", *score_argv(model, score_name, task, num_per_class)])

@@ -1,0 +1,60 @@
+"""One seed's posterior samples: its last-5-epoch checkpoints, read once, and the data they are scored on.
+
+The checkpoints' configs say how they were trained (task, n, architecture, seeds, hyperparameters), so no
+flag is repeated, and a checkpoint of another experiment, or a training subset that changed since, is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import families
+from ..checkpoints import read_checkpoint, seed_checkpoints
+from ..data import Subset, load_subset
+from ..ensemble import indices_digest, train_command
+from ..errors import UserError
+from ..paths import seed_model_dir
+
+
+@dataclass
+class SeedSamples:
+    """One seed's posterior samples (its checkpoints, read once) and the data they are scored on."""
+
+    seed: int
+    checkpoints: list[dict]  # read_checkpoint() records, oldest first
+    train: Subset
+    test: Subset
+
+    @property
+    def configs(self) -> list[dict]:
+        return [c["config"] for c in self.checkpoints]
+
+    @property
+    def epochs(self) -> list[int]:
+        return [c["epoch"] for c in self.configs]
+
+    def models(self, device=None, dtype=None):
+        """The checkpoints as models in eval mode (a fresh copy each time)."""
+        for ckpt in self.checkpoints:
+            yield families.from_state(ckpt["config"], ckpt["state_dict"]).to(device=device, dtype=dtype).eval()
+
+
+def load_seed_samples(
+    model: str, task: str, num_per_class: int, seed: int, out_root: Path, data_root: Path
+) -> SeedSamples:
+    seed_dir = seed_model_dir(out_root, model, task, num_per_class, seed)
+    train_cmd = train_command(model, task, num_per_class)
+    paths = seed_checkpoints(seed_dir, train_cmd)
+    checkpoints = [read_checkpoint(p) for p in paths]
+    for path, ckpt in zip(paths, checkpoints, strict=True):
+        cfg = ckpt["config"]
+        if (cfg["model"], cfg["task"], cfg["num_per_class"], cfg["seed"]) != (model, task, num_per_class, seed):
+            raise UserError(f"{path} was trained as {cfg['model']} {cfg['task']} {cfg['num_per_class']}pc seed {cfg['seed']}, "
+                            f"not {model} {task} {num_per_class}pc seed {seed}; retrain it with --overwrite")  # fmt: skip
+    pixels = families.of_config(checkpoints[0]["config"]).raw_pixels
+    train = load_subset(task, "train", num_per_class, data_root, out_root, pixels)
+    if indices_digest(train.idx) != checkpoints[0]["config"]["train_idx_sha1"]:
+        raise UserError(f"the training subset data/{task}/train_subset_{num_per_class}pc.txt changed since {seed_dir} was trained; "
+                        f"retrain with: {train_cmd} --overwrite")  # fmt: skip
+    return SeedSamples(seed, checkpoints, train, load_subset(task, "test", None, data_root, out_root, pixels))
