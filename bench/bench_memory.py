@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak memory of each TDA method on one posterior sample of an experiment (issue #3: ≤ 4 GiB for any CNN experiment).
+"""Peak memory of each TDA method on one posterior sample of an experiment (the budget: ≤ 4 GiB for any CNN experiment).
 
 Each method runs in a fresh process on the last checkpoint of one seed, through the same scorer as step 2
 (`bayestda.methods.runner`), and the process reports its peak resident memory (with its worker processes).

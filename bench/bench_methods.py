@@ -165,7 +165,7 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="LOO worker processes")
     p.add_argument("--data_root", default=None)
     p.add_argument("--malloc_defaults", action="store_true",
-                   help="keep glibc's malloc defaults (as before session 12) instead of bayestda.allocator's settings")  # fmt: skip
+                   help="keep glibc's malloc defaults instead of bayestda.allocator's settings")  # fmt: skip
     args = p.parse_args()
     if args.malloc_defaults:
         os.environ[DEFAULTS_ENV] = "1"  # LOO's worker processes inherit it

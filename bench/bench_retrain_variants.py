@@ -17,7 +17,7 @@ Variants:
   stack       --stack retrains at once as one ModelStack (vmapped model, grouped convolutions); time per retrain
 Variants other than stack combine with "+", e.g. gelu-dense+adam-fused.
 
-Needs a trained seed. The defaults are LOO `scratch` at MNIST3-50pc (issue #3's setting):
+Needs a trained seed. The defaults are LOO `scratch` at MNIST3-50pc (the setting of the LOO speed target):
   python train_cnn.py --task mnist3 --num_per_class 50 --seed_id 0
   python bench/bench_retrain_variants.py
 and the demo's LOO `paper` continuations at MNIST3-10pc:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark ViT + LoRA end to end: fine-tuning, then GD/GC and IF on every checkpoint of one seed.
 
-Setting (issue #5): MNIST3-10pc (30 train × 900 test), ViT-B/16 with LoRA r=16 on query/value plus the classifier
+Setting: MNIST3-10pc (30 train × 900 test), ViT-B/16 with LoRA r=16 on query/value plus the classifier
 (~600k trainable parameters). No weights can be downloaded here, so `--config base` saves a randomly initialised
 ViT-B/16 (ViTConfig() defaults: 224×224, patch 16, 12 layers, hidden 768) with save_pretrained and loads it
 through the same from_pretrained path as the real google/vit-base-patch16-224-in21k. Pass --model_name_or_path

@@ -89,7 +89,7 @@ def test_untrained_seed_and_unknown_model_are_one_line_errors(scored, data_root)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "no finished training run; make it with: python train_cnn.py --task mnist3 --num_per_class 10" in proc.stderr
     proc = run("tda_cnn_scripts/gd.py", *COMMON, "--out_root", str(out), "--model", "resnet", data_root=data_root)
-    assert proc.returncode == 2 and "unknown model name" in proc.stderr
+    assert proc.returncode == 2 and "unknown model 'resnet'" in proc.stderr
 
 
 @pytest.mark.parametrize("script", ["gd.py", "gc.py", "ats.py", "if.py", "loo.py"])
