@@ -2,9 +2,9 @@
 
 A family is declared once, in its own module under `bayestda/models/`, as a `ModelFamily` passed to
 `register`: `cnn.py` (the paper's CNNs), `vit.py` (ViT-B/16 with LoRA) and `logreg.py` (a linear softmax
-classifier, the convex control). Everything else asks the family: the training step and its script, the step-2 script folder,
-how a checkpoint is stored and loaded, the inputs (the paper's tensors or raw pixels), the training
-extras, and the memory and solver defaults of the TDA methods. Every later step rebuilds a model from
+classifier, the convex control). Everything else asks the family: the training step and its script, the
+step-2 script folder, how a checkpoint is stored and loaded, the inputs (the paper's tensors or raw
+pixels), the training extras, and the memory and solver defaults of the TDA methods. Every later step rebuilds a model from
 the config stored in its checkpoint (`config["family"]`).
 
 Adding a family is one module that builds the model and registers it; see the README, "Adding a method

@@ -108,7 +108,7 @@ def test_vit_scores_follow_the_contract(scored, method):
     assert record["config"]["checkpoint_config"]["family"] == "vit"
     assert torch.isfinite(record["scores"]).all() and record["scores"].abs().sum() > 0
     if method == "if-paper":  # the original ViT code's LiSSA batch size
-        assert record["config"]["options"]["lissa"]["batch_size"] == 32
+        assert record["config"]["options"]["lissa_batch_size"] == 32
     if method == "loo-scratch":  # retraining from the seed's init repeats fine-tuning exactly (crops, dropout, lr)
         assert record["config"]["diagnostics"][0]["max_abs_full_retrain_minus_checkpoint_test_loss"] == 0.0
 

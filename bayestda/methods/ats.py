@@ -76,6 +76,5 @@ def score(fm: FunctionalModel, train: Subset, test: Subset, opts: ATSOptions, ru
 METHOD = register(
     Method(
         name="ats", label="ATS", helps_sign=-1, options=ATSOptions, score=score, loss_difference=True,
-        summary="L(z; theta') - L(z; theta), theta' = one step of a fresh Adam on z_j alone",
     )
 )  # fmt: skip

@@ -42,7 +42,5 @@ def _score(which: int):
     return score
 
 
-GD = register(Method(name="gd", label="GD", helps_sign=+1, options=MemoryOptions, score=_score(0),
-                     summary="grad L(z_j) . grad L(z), all trainable parameters, eval mode"))  # fmt: skip
-GC = register(Method(name="gc", label="GC", helps_sign=+1, options=MemoryOptions, score=_score(1),
-                     summary="the cosine of the same gradients"))  # fmt: skip
+GD = register(Method(name="gd", label="GD", helps_sign=+1, options=MemoryOptions, score=_score(0)))  # fmt: skip
+GC = register(Method(name="gc", label="GC", helps_sign=+1, options=MemoryOptions, score=_score(1)))  # fmt: skip

@@ -222,6 +222,5 @@ def score(fm: FunctionalModel, train: Subset, test: Subset, opts: IFOptions, run
 METHOD = register(
     Method(
         name="if", label="IF", helps_sign=-1, options=IFOptions, score=score, variant="solver",
-        summary="-grad L(z_j)^T H^-1 grad L(z), H the curvature of the mean training cross-entropy (no weight decay)",
     )
 )  # fmt: skip

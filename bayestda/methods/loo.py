@@ -288,6 +288,6 @@ def score(samples: SeedSamples, opts: LOOOptions, device) -> tuple[torch.Tensor,
 METHOD = register(
     Method(
         name="loo", label="LOO", helps_sign=+1, options=LOOOptions, score=score, per_seed=True, variant="protocol",
-        loss_difference=True, ground_truth=True, summary="L(z; theta without z_j) - L(z; theta), by retraining",
+        loss_difference=True, ground_truth=True,
     )
 )  # fmt: skip

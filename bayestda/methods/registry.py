@@ -83,12 +83,6 @@ class Method:
     variant: str | None = None  # the options field that picks a variant (its choices name the score files)
     loss_difference: bool = False  # τ is a difference of two evaluated test losses (float32 resolution applies)
     ground_truth: bool = False  # τ is measured by retraining, not approximated: what the others are judged against
-    summary: str = ""  # one line: what τ is
-
-    @property
-    def functional(self) -> bool:
-        """Whether it runs through a FunctionalModel (and so takes --chunk/--hvp_chunk)."""
-        return issubclass(self.options, MemoryOptions)
 
     @property
     def variants(self) -> tuple[str, ...]:

@@ -47,8 +47,8 @@ def build(config: dict) -> CNN:
 
 FAMILY = families.register(
     families.ModelFamily(
-        name="cnn", summary="the paper's 2-layer CNN and a 3-layer variant", archs={"cnn2": "cnn", "cnn3": "cnn3"}, build=build,
-        train_script="train_cnn.py", score_folder="tda_cnn_scripts",
+        name="cnn", summary="the paper's 2-layer CNN and a 3-layer variant", archs={"cnn2": "cnn", "cnn3": "cnn3"},
+        build=build, train_script="train_cnn.py", score_folder="tda_cnn_scripts",
         # On a GPU the CNN's HVPs want wide batches (BENCHMARKS.md, "The CNN on a GPU").
         gpu_hvp_chunk=256,
     )

@@ -5,9 +5,9 @@ wd·θ to the gradient, i.e. (wd/2)‖θ‖² to the loss) the training objectiv
 seed heads for the same optimum, and influence functions with the exact Hessian are the first-order
 leave-one-out there. It is trained with the CNNs' recipe and scored by the same scripts.
 
-Its LOO retrains are stacked on a CPU too (`auto_stack`). Its IF damping defaults to the weight decay: then (H + λI) is exactly the Hessian of the objective that
-training minimised (cross-entropy plus the L2 term), which is positive definite, so CG converges, and
-the GGN equals the Hessian for a linear model.
+Its LOO retrains are stacked on a CPU too (`auto_stack`). Its IF damping defaults to the weight decay:
+then (H + λI) is exactly the Hessian of the objective that training minimised (cross-entropy plus the
+L2 term), which is positive definite, so CG converges, and the GGN equals the Hessian for a linear model.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ WEIGHT_DECAY = TrainConfig.weight_decay  # the recipe's L2 coefficient
 
 FAMILY = families.register(
     families.ModelFamily(
-        name="logreg", summary="a linear softmax classifier on the pixels, the convex control", archs={"logreg": "logreg"}, build=build,
-        train_script="train_cnn.py", score_folder="tda_cnn_scripts",
+        name="logreg", summary="a linear softmax classifier on the pixels, the convex control",
+        archs={"logreg": "logreg"}, build=build, train_script="train_cnn.py", score_folder="tda_cnn_scripts",
         if_damping={"ggn": WEIGHT_DECAY, "cg": WEIGHT_DECAY},
         # a step of this model is mostly Python overhead, which a stack of retrains shares (BENCHMARKS.md)
         auto_stack={"cpu": 64, "cuda": 64},
