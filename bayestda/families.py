@@ -127,9 +127,14 @@ def of_arch(arch: str) -> ModelFamily:
     raise UserError(f"unknown --arch {arch!r}")
 
 
+def _trained_by(train_script: str) -> list[ModelFamily]:
+    """The families a training script trains, picked by its --arch."""
+    return [f for f in all_families().values() if f.train_script == train_script and f.arch_flag]
+
+
 def archs(train_script: str) -> list[str]:
     """The --arch values of the families a training script trains."""
-    return [a for f in all_families().values() if f.train_script == train_script and f.arch_flag for a in f.archs]
+    return [a for f in _trained_by(train_script) for a in f.archs]
 
 
 def defaults(describe: Callable[[ModelFamily], object]) -> str:
@@ -140,10 +145,9 @@ def defaults(describe: Callable[[ModelFamily], object]) -> str:
 def arch_help(train_script: str) -> str:
     """--help of a training script's --arch: each family's archs (and model names) and its summary."""
     parts = []
-    for f in all_families().values():
-        if f.train_script == train_script and f.arch_flag:
-            names = ", ".join(f"{a} (model name {m})" for a, m in f.archs.items())
-            parts.append(f"{names}: {f.summary}")
+    for f in _trained_by(train_script):
+        names = ", ".join(f"{a} (model name {m})" for a, m in f.archs.items())
+        parts.append(f"{names}: {f.summary}")
     return "; ".join(parts)
 
 

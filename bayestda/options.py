@@ -49,11 +49,9 @@ def flag_name(f: dataclasses.Field) -> str:
     return "--" + (f.metadata["flag"] or f.name)
 
 
-def add_arguments(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One flag per option field of `cls` (except those in `skip`)."""
+def add_arguments(p: argparse.ArgumentParser, cls) -> None:
+    """One flag per option field of `cls`."""
     for f, hint in _fields(cls):
-        if f.name in skip:
-            continue
         meta, kind = f.metadata, _base_type(hint)
         help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
         if kind is bool:
@@ -66,8 +64,6 @@ def add_arguments(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -
             kwargs["choices"] = list(meta["choices"])
         if not meta["auto"]:
             kwargs["type"] = kind
-        if f.default is None:
-            kwargs["default"] = None
         p.add_argument(flag_name(f), **kwargs)
 
 
@@ -104,7 +100,3 @@ def check(opts):
         if meta["positive"] and not value > 0:
             raise UserError(f"{flag_name(f)} must be positive, got {value}")
     return opts
-
-
-def as_dict(opts) -> dict:
-    return dataclasses.asdict(opts)

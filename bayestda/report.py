@@ -58,14 +58,15 @@ def stationarity(out_root: Path, model: str, task: str, n: int, data_root: Path)
     heads for the one optimum: a gradient norm near 0 and a small spread between seeds say it got there, and only
     then does the convex argument for influence functions hold.
     """
-    grad_norms, thetas, epochs = [], [], set()
+    grad_norms, thetas, epochs, train = [], [], set(), None
     for seed in read_seeds():
         paths = finished_checkpoints(seed_model_dir(out_root, model, task, n, seed))
         if paths is None:
             continue
         net, cfg = load_checkpoint(paths[-1])
         net = net.double()
-        train = load_subset(task, "train", n, data_root, out_root, families.of_config(cfg).raw_pixels)
+        if train is None:  # one subset for every seed
+            train = load_subset(task, "train", n, data_root, out_root, families.of_config(cfg).raw_pixels)
         params = [p for p in net.parameters() if p.requires_grad]
         loss = F.cross_entropy(net(train.x.double()), train.y)
         objective = loss + 0.5 * cfg["weight_decay"] * sum(p.square().sum() for p in params)

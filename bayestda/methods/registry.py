@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import families
 from ..errors import UserError
 from ..options import check, option
 from ..plugins import Registry
@@ -38,7 +39,7 @@ class MemoryOptions:
     None: the model family's default (`families.ModelFamily`)."""
 
     chunk: int | None = option(None, lambda: "samples per vmapped gradient call; lower it if memory runs out "
-                               f"(default: the model family's: {_family_defaults(lambda f: f.chunk)})",
+                               f"(default: the model family's: {families.defaults(lambda f: f.chunk)})",
                                minimum=1)  # fmt: skip
 
     def resolve_memory(self, family, on_gpu: bool):
@@ -50,19 +51,13 @@ class HVPOptions(MemoryOptions):
     """MemoryOptions plus the chunk of Hessian-vector products, for methods that take them."""
 
     hvp_chunk: int | str = option("auto", lambda: "vectors per vmapped Hessian-vector product; auto: the model "
-                                  "family's, on a CPU (on a GPU): " + _family_defaults(
+                                  "family's, on a CPU (on a GPU): " + families.defaults(
                                       lambda f: f"{f.hvp_chunk} ({f.auto_hvp_chunk(on_gpu=True)})"),
                                   auto=True, minimum=1)  # fmt: skip
 
     def resolve_memory(self, family, on_gpu: bool):
         hvp_chunk = family.auto_hvp_chunk(on_gpu) if self.hvp_chunk == "auto" else int(self.hvp_chunk)
         return dataclasses.replace(super().resolve_memory(family, on_gpu), hvp_chunk=hvp_chunk)
-
-
-def _family_defaults(describe) -> str:
-    from .. import families
-
-    return families.defaults(describe)
 
 
 def loss_dtype_option():
@@ -177,8 +172,6 @@ def label(score_name: str) -> str:
 
 def score_argv(model: str, score_name: str, task: str, num_per_class: int) -> list[str]:
     """The step-2 script and flags that write a method's score files (every missing seed without --seed_id)."""
-    from .. import families
-
     argv = get(score_name).script_argv(families.of_model(model).score_folder, score_name)
     return [argv[0], "--model", model, "--task", task, "--num_per_class", str(num_per_class), *argv[1:]]
 

@@ -6,6 +6,7 @@ The method comes from the registry (`registry.py`): a per-checkpoint method is a
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,6 @@ from .. import __version__, families
 from ..data import Subset
 from ..errors import UserError
 from ..func import FunctionalModel
-from ..options import as_dict
 from ..paths import score_file
 from ..scores import save_scores
 from . import registry
@@ -108,7 +108,7 @@ def run_method(score_name: str, model: str, task: str, num_per_class: int, seeds
         scores, diagnostics = compute(score_name, samples, opts, device)
         ckpt_cfg = {k: v for k, v in samples.configs[0].items() if k != "epoch"}
         config = {
-            "method": score_name, "options": as_dict(opts), "checkpoint_config": ckpt_cfg, "device": str(device),
+            "method": score_name, "options": dataclasses.asdict(opts), "checkpoint_config": ckpt_cfg, "device": str(device),
             "fp32_precision": torch.backends.cudnn.conv.fp32_precision,  # TF32 or IEEE convs on a GPU
             "wall_time_s": round(time.perf_counter() - start, 3), "peak_memory_gib": peak_memory_gib(device),
             "diagnostics": diagnostics,

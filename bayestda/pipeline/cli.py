@@ -94,7 +94,6 @@ def _gpus(flag: str) -> list[str]:
 
 
 def spec_from_args(p: Parser, args) -> ExperimentSpec:
-    seed_ids = args.seed_ids
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
     family = families.of_model(args.model)
@@ -110,7 +109,7 @@ def spec_from_args(p: Parser, args) -> ExperimentSpec:
         p.error("--methods is empty")
     return ExperimentSpec(
         model=args.model, task=args.task, num_per_class=args.num_per_class, methods=methods,
-        seed_ids=tuple(dict.fromkeys(seed_ids)), out_root=resolve_out_root(args.out_root),
+        seed_ids=tuple(args.seed_ids), out_root=resolve_out_root(args.out_root),
         data_root=args.data_root, epochs=args.epochs, overwrite=args.overwrite, train_flags=train_flags,
     )  # fmt: skip
 
