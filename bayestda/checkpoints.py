@@ -37,6 +37,7 @@ def read_checkpoint(path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a bayestda checkpoint (expected format {FORMAT!r})")
+    families.check_config(ckpt["config"], str(path))
     return ckpt
 
 
@@ -67,6 +68,7 @@ def seed_is_complete(seed_dir: Path, config: dict) -> bool:
     if metrics is None:
         return False
     done = metrics["config"]
+    families.check_config(done, str(seed_dir))
     if done != config:
         diff = sorted(k for k in done.keys() | config.keys() if done.get(k) != config.get(k))
         raise UserError(

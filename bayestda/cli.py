@@ -8,11 +8,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from .allocator import retain_freed_memory
-from .data import TASKS
+from .data import PAPER_REPO, PAPER_SUBSETS_ENV, SUBSETS, TASKS, task_name
 from .errors import UserError
 from .paths import DATA_ROOT_ENV, read_seeds
 
@@ -35,10 +36,40 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """Parsed flags; with `--subsets` (`add_subsets_args`), `task` is the task's artifact name (`data.task_name`)."""
+        ns = super().parse_args(args, namespace)
+        if getattr(ns, "subsets", None) and getattr(ns, "task", None) in TASKS:
+            ns.task = task_name(ns.task, ns.subsets)
+        return ns
+
+
+class _ExportDir(argparse.Action):
+    """Put the folder in the environment, where the data loader and every process this one starts find it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        os.environ[PAPER_SUBSETS_ENV] = str(Path(values).resolve())
+        setattr(namespace, self.dest, values)
+
+
+def add_subsets_args(p) -> None:
+    """--subsets and --paper_subsets_dir (`data`: which images a task uses)."""
+    p.add_argument("--subsets", default=SUBSETS[0], choices=SUBSETS,
+                   help="nested: this package's balanced, nested index files (data/<task>/); paper: the original "
+                   "code's own files, as it used them (artifacts named <task>-paper, e.g. cnn_mnist3-paper_10pc)")  # fmt: skip
+    add_paper_subsets_dir(p)
+
+
+def add_paper_subsets_dir(p) -> None:
+    p.add_argument("--paper_subsets_dir", action=_ExportDir, default=None,
+                   help=f"--subsets paper: the data/ folder of a clone of {PAPER_REPO} (holding mnist3/ and "
+                   f"cifar10/); default ${PAPER_SUBSETS_ENV}")  # fmt: skip
+
 
 def add_common_args(p: argparse.ArgumentParser, *, num_per_class: bool = True, seed_id: bool = True) -> None:
     """The flags common to every step (../shared/DESIGN.md)."""
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
+    add_subsets_args(p)
     if num_per_class:
         p.add_argument("--num_per_class", type=int, required=True, help="training images per class (10..60)")
     if seed_id:

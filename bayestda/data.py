@@ -1,12 +1,25 @@
-"""Datasets, committed subset index files, and the in-memory tensors every step trains and scores on.
+"""Datasets, subset index files, and the in-memory tensors every step trains and scores on.
 
 Images are loaded through torchvision (which downloads them when absent and the network allows),
 preprocessed as in the paper (ToTensor for MNIST; ToTensor + Normalize(0.5, 0.5) for CIFAR-10),
 and kept as one tensor per split: the subsets are tiny, so no DataLoader is needed.
+
+Two choices of images (`--subsets`):
+- `nested` (default): this package's committed index files (`make_subsets.py`): balanced, each train subset
+  inside the next larger one, and on CIFAR-10 drawn from the exactly reproduced images only.
+- `paper`: the original code's own index files, read from the folder the user names (`--paper_subsets_dir`,
+  or `$BAYESTDA_PAPER_SUBSETS`: the `data/` folder of a clone of the original repository). They are used as
+  the original used them: every train file indexes the train split, the test file the test split, so the
+  CIFAR-10 10/30/40pc files (drawn from test labels) give unbalanced training sets; a warning gives the
+  class counts, and how many chosen CIFAR-10 images are JPEG-approximate in the offline copy.
+
+A task on the paper's subsets has its own artifact name, `<task>-paper` (e.g. `cnn_mnist3-paper_10pc`), so
+its models, scores and results never mix with the nested ones'. `TaskSpec.name` is that artifact name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import sys
@@ -33,15 +46,31 @@ CIFAR_EXACT_PER_BATCH = 761
 CIFAR_BATCH_SIZE = 10_000
 
 
+SUBSETS = ("nested", "paper")  # --subsets choices; the first is the default
+PAPER_SUBSETS_ENV = "BAYESTDA_PAPER_SUBSETS"
+PAPER_REPO = "github.com/ElisaNguyen/bayesian-tda"
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    name: str
+    name: str  # the artifact name: the task, with `-paper` on the paper's subsets
     dataset: str  # "mnist" or "cifar10"
     classes: tuple[int, ...]
     test_per_class: int
     epochs: int  # the paper's training budget
     image_shape: tuple[int, int, int]  # channels, height, width
     num_outputs: int = 10  # the paper keeps 10 logits for MNIST3 too
+    subsets: str = "nested"
+
+    @property
+    def task(self) -> str:
+        """The --task value."""
+        return self.name.removesuffix(f"-{self.subsets}")
+
+    @property
+    def argv(self) -> list[str]:
+        """--task and, if not the default, --subsets: the flags that name this task in a command."""
+        return ["--task", self.task, *(["--subsets", self.subsets] if self.subsets != SUBSETS[0] else [])]
 
 
 TASKS = {
@@ -50,10 +79,21 @@ TASKS = {
 }
 
 
+def task_name(task: str, subsets: str = SUBSETS[0]) -> str:
+    """The artifact name of a --task on a choice of --subsets: `mnist3`, or `mnist3-paper`."""
+    return task if subsets == SUBSETS[0] else f"{task}-{subsets}"
+
+
 def get_task(task: str) -> TaskSpec:
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    return TASKS[task]
+    """The spec of an artifact name (`mnist3`, `mnist3-paper`)."""
+    base, _, subsets = task.partition("-")
+    if base not in TASKS or subsets not in ("", *SUBSETS[1:]):
+        raise UserError(f"unknown task {task!r}: choose one of {', '.join(TASKS)} (with --subsets {'|'.join(SUBSETS)})")
+    return dataclasses.replace(TASKS[base], name=task, subsets=subsets) if subsets else TASKS[base]
+
+
+def task_argv(task: str) -> list[str]:
+    return get_task(task).argv
 
 
 # ----------------------------------------------------------------------------- raw splits
@@ -108,12 +148,16 @@ def _warn_unverified_cifar(folder: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
+_UNVERIFIED_CIFAR: set[Path] = set()  # data roots whose CIFAR-10 failed the md5 check (the offline copy)
+
+
 def _load_cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     try:
         ds = CIFAR10(str(root), train=train, download=False)
     except RuntimeError:
         if _cifar_files_present(root):
             _warn_unverified_cifar(str(root / CIFAR10.base_folder))
+            _UNVERIFIED_CIFAR.add(Path(root).resolve())
             ds = _UnverifiedCIFAR10(str(root), train=train, download=False)
         else:
             ds = _try_download(CIFAR10, root, train)
@@ -149,11 +193,16 @@ def preprocess(task: str, images: np.ndarray, pixels: bool = False) -> torch.Ten
 # ----------------------------------------------------------------------------- subsets
 
 
+def cifar_exact(idx: np.ndarray) -> np.ndarray:
+    """Which CIFAR-10 indices (of either split) have exact pixels in the offline copy."""
+    return idx % CIFAR_BATCH_SIZE < CIFAR_EXACT_PER_BATCH
+
+
 def candidate_pool(task: str, train: bool, n_images: int) -> np.ndarray:
     """Indices a subset may be drawn from: all of them, or for CIFAR-10 the exactly-reproduced images."""
     idx = np.arange(n_images)
     if get_task(task).dataset == "cifar10":
-        idx = idx[idx % CIFAR_BATCH_SIZE < CIFAR_EXACT_PER_BATCH]
+        idx = idx[cifar_exact(idx)]
     return idx
 
 
@@ -199,10 +248,47 @@ def available_sizes(out_root: Path, task: str) -> list[int]:
     return sorted(sizes)
 
 
+def paper_subsets_dir() -> Path:
+    """The folder holding the original code's index files: $BAYESTDA_PAPER_SUBSETS (`--paper_subsets_dir`)."""
+    folder = os.environ.get(PAPER_SUBSETS_ENV)
+    if not folder:
+        raise UserError(f"--subsets paper reads the original code's index files: pass --paper_subsets_dir DIR "
+                        f"(or set ${PAPER_SUBSETS_ENV}), DIR being the data/ folder of a clone of {PAPER_REPO}, "
+                        "which holds mnist3/ and cifar10/")  # fmt: skip
+    return Path(folder)
+
+
+def _subset_file_name(split: str, num_per_class: int | None) -> str:
+    return f"train_subset_{num_per_class}pc.txt" if split == "train" else "test_subset.txt"
+
+
+def _sizes_in(folder: Path) -> list[int]:
+    return sorted(
+        int(p.stem.removeprefix("train_subset_").removesuffix("pc")) for p in folder.glob("train_subset_*pc.txt")
+    )
+
+
+def paper_subset_file(task: str, split: str, num_per_class: int | None) -> Path:
+    """The original's index file of a task's train subset (n per class) or test subset; a one-line error if absent."""
+    root, base = paper_subsets_dir(), get_task(task).task
+    path = root / base / _subset_file_name(split, num_per_class)
+    if path.is_file():
+        return path
+    where = f"the data/ folder of a clone of {PAPER_REPO} (it holds mnist3/ and cifar10/)"
+    if not (root / base).is_dir():
+        raise UserError(
+            f"--paper_subsets_dir {root} has no {base}/ folder: point it (or ${PAPER_SUBSETS_ENV}) at {where}"
+        )
+    have = ", ".join(map(str, _sizes_in(root / base))) or "none"
+    raise UserError(f"the original code has no {path.name} for {base} in {root / base} (train sizes there: {have}); "
+                    "pick one of those --num_per_class, or use --subsets nested")  # fmt: skip
+
+
 def subset_indices(task: str, split: str, num_per_class: int | None, out_root: Path) -> np.ndarray:
-    """The committed indices of the train subset (n per class) or of the test subset."""
-    get_task(task)
-    name = f"train_subset_{num_per_class}pc.txt" if split == "train" else "test_subset.txt"
+    """The indices of a task's train subset (n per class) or test subset, from its index file."""
+    if get_task(task).subsets == "paper":
+        return read_indices(paper_subset_file(task, split, num_per_class))
+    name = _subset_file_name(split, num_per_class)
     path = find_subset_file(out_root, name, task)
     if path is None:
         have = ", ".join(map(str, available_sizes(out_root, task))) or "none"
@@ -238,8 +324,33 @@ def load_subset(
     images, labels = load_split(task, split == "train", Path(data_root))
     if idx.max(initial=-1) >= len(labels):
         raise UserError(f"{task} {split} subset has index {idx.max()} but the split has {len(labels)} images")
-    labels = torch.from_numpy(labels[idx].astype(np.int64))
-    return Subset(preprocess(task, images[idx], pixels), labels, torch.from_numpy(idx))
+    labels = labels[idx].astype(np.int64)
+    spec = get_task(task)
+    if bad := sorted(set(labels.tolist()) - set(spec.classes)):
+        raise UserError(
+            f"the {task} {split} subset holds images of classes {bad}, which are not the task's {spec.classes}"
+        )
+    if spec.subsets == "paper":
+        _describe_paper_subset(spec, split, num_per_class, idx, labels, Path(data_root))
+    return Subset(preprocess(task, images[idx], pixels), torch.from_numpy(labels), torch.from_numpy(idx))
+
+
+def _describe_paper_subset(spec: TaskSpec, split: str, num_per_class, idx, labels, data_root: Path) -> None:
+    """Warn (once per process) where the paper's subset is unbalanced, or JPEG-approximate in the offline CIFAR-10."""
+    what = f"the paper's {spec.task} {f'{num_per_class}pc train' if split == 'train' else 'test'} subset"
+    counts = np.bincount(labels, minlength=spec.num_outputs)[list(spec.classes)]
+    if counts.min() != counts.max():
+        per_class = " ".join(f"{c}:{k}" for c, k in zip(spec.classes, counts, strict=True))
+        _warn_once(f"{what} is unbalanced, as in the original code (class: count {per_class})")
+    if spec.dataset == "cifar10" and data_root.resolve() in _UNVERIFIED_CIFAR:
+        approx = int((~cifar_exact(idx)).sum())
+        _warn_once(f"{approx} of the {len(idx)} images of {what} are JPEG-approximate in this unverified CIFAR-10 "
+                   f"copy (exact pixels only for the first {CIFAR_EXACT_PER_BATCH} of each batch)")  # fmt: skip
+
+
+@cache
+def _warn_once(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def write_subsets(task: str, data_root: Path, out_root: Path, sizes=SUBSET_SIZES, overwrite: bool = False) -> list[str]:
@@ -264,4 +375,18 @@ def write_subsets(task: str, data_root: Path, out_root: Path, sizes=SUBSET_SIZES
             raise UserError(f"{path} exists with other indices; pass --overwrite to replace it")
         atomic_write_text(text, path)
         report.append(f"{path}: written ({len(idx)} indices)")
+    return report
+
+
+def check_paper_subsets(task: str, data_root: Path, sizes=None) -> list[str]:
+    """Step 0 on `--subsets paper`: nothing to write; load the original's files (every size there, or `sizes`)
+    as the steps would, so a missing or wrong file is reported now. Returns one status line per file."""
+    spec = get_task(task_name(task, "paper"))
+    sizes = sizes or _sizes_in(paper_subsets_dir() / spec.task)
+    report = []
+    for split, n in [("train", n) for n in sizes] + [("test", None)]:
+        sub = load_subset(spec.name, split, n, data_root, REPO_ROOT)
+        counts = np.bincount(sub.y.numpy(), minlength=spec.num_outputs)[list(spec.classes)]
+        report.append(f"{paper_subset_file(spec.name, split, n)}: {len(sub)} {split} images, per class "
+                      + " ".join(map(str, counts)) + " (the original's file, used in place)")  # fmt: skip
     return report

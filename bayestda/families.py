@@ -22,6 +22,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from .data import task_argv
 from .errors import UserError
 from .func import CHUNK, HVP_CHUNK
 from .linalg import LISSA_FIXED_POINT_DAMPING
@@ -57,6 +58,8 @@ class ModelFamily:
     # λ per IF solver: the CNN's ggn default, and for cg the paper LiSSA's fixed point (CG needs H + λI positive
     # definite, and a trained CNN's Hessian is not; `methods/influence.py`)
     if_damping: dict[str, float] = field(default_factory=lambda: {"ggn": 0.01, "cg": LISSA_FIXED_POINT_DAMPING})
+    # Why a stored run config can no longer be loaded (an architecture that changed under its name), or None.
+    refuse: Callable[[dict], str | None] = lambda config: None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -72,7 +75,7 @@ class ModelFamily:
         """The step-1 script and flags that train the seeds of a model name such as `cnn3-deinit`."""
         base, posterior = parse_model_name(model)
         arch = ["--arch", self.arch_of(base)] if self.arch_flag else []
-        return [self.train_script, "--task", task, "--num_per_class", str(num_per_class), *arch,
+        return [self.train_script, *task_argv(task), "--num_per_class", str(num_per_class), *arch,
                 "--posterior", posterior]  # fmt: skip
 
 
@@ -101,6 +104,14 @@ def get(name: str) -> ModelFamily:
 
 def of_config(config: dict) -> ModelFamily:
     return get(config.get("family", "cnn"))
+
+
+def check_config(config: dict, source: str, then: str = "") -> None:
+    """Refuse an artifact made from a run its family can no longer load, with the command that retrains it."""
+    fam = of_config(config)
+    if why := fam.refuse(config):
+        argv = fam.train_argv(config["model"], config["task"], config["num_per_class"])
+        raise UserError(f"{source}: {why}: python {' '.join(argv)} --overwrite{then}")
 
 
 def model_names() -> list[str]:

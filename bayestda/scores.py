@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import families
 from .errors import UserError
 from .io import atomic_torch_save
 from .methods import registry
@@ -72,6 +73,8 @@ def load_scores(path: Path) -> dict:
         raise UserError(
             f"score file {path} has {bad} NaN/inf scores; recompute it with --overwrite and check the method's settings"
         )
+    if ckpt_config := record["config"].get("checkpoint_config"):
+        families.check_config(ckpt_config, f"score file {path}", then=", then recompute the scores with --overwrite")
     if record["sign"] not in (-1, 1):
         raise UserError(f"score file {path}: sign must be +1 or -1, got {record['sign']!r}")
     return record

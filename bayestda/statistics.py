@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from .data import get_task
 from .errors import UserError
 from .methods.registry import score_command
 from .paths import experiment_name, read_seeds, results_dir, score_file
@@ -143,6 +144,7 @@ def parse_experiment_name(name: str) -> tuple[str, str, int]:
     parts = name.split("_")
     if len(parts) != 3 or not parts[2].endswith("pc") or not parts[2][:-2].isdigit():
         raise UserError(f"--experiment {name!r} is not of the form <model>_<task>_<n>pc, e.g. cnn_mnist3_50pc")
+    get_task(parts[1])
     return parts[0], parts[1], int(parts[2][:-2])
 
 

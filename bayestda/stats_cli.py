@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import families
 from .cli import Parser, add_seed_ids
+from .data import SUBSETS, TASKS
 from .methods.registry import PAPER_METHODS
 from .paths import read_seeds, resolve_out_root
 from .statistics import Experiment, load_experiment, parse_experiment_name
@@ -12,11 +13,15 @@ from .statistics import Experiment, load_experiment, parse_experiment_name
 def parser(description: str) -> Parser:
     p = Parser(description)
     p.add_argument(
-        "--experiment", default=None, help="<model>_<task>_<n>pc, e.g. cnn_mnist3_50pc (instead of the next three)"
+        "--experiment",
+        default=None,
+        help="<model>_<task>_<n>pc, e.g. cnn_mnist3_50pc or cnn_mnist3-paper_10pc (instead of the next four)",
     )
     p.add_argument("--model", default=None, help=f"{', '.join(families.model_names())}, or with a posterior suffix: "
                    "cnn-deinit, cnn-debatch, ...")  # fmt: skip
-    p.add_argument("--task", default=None, choices=["mnist3", "cifar10"], help="the task")
+    p.add_argument("--task", default=None, choices=sorted(TASKS), help="the task")
+    p.add_argument("--subsets", default=SUBSETS[0], choices=SUBSETS, help="the task's images (data.py): nested, or "
+                   "paper (the original's; experiment names <task>-paper)")  # fmt: skip
     p.add_argument("--num_per_class", type=int, default=None, help="training images per class")
     p.add_argument("--methods", default=",".join(PAPER_METHODS), help="comma-separated methods (score-file names)")
     add_seed_ids(p)
@@ -30,8 +35,8 @@ def parser(description: str) -> Parser:
 
 def experiment_from_args(p: Parser, args) -> Experiment:
     if args.experiment:
-        if args.model or args.task or args.num_per_class:
-            p.error("give either --experiment or --model/--task/--num_per_class, not both")
+        if args.model or args.task or args.num_per_class or args.subsets != SUBSETS[0]:
+            p.error("give either --experiment or --model/--task/--subsets/--num_per_class, not both")
         model, task, n = parse_experiment_name(args.experiment)
     elif args.model and args.task and args.num_per_class:
         model, task, n = args.model, args.task, args.num_per_class

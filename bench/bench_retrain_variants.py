@@ -66,10 +66,8 @@ class DenseGeluCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.cnn
-        x = c.pool(dense_gelu(c.conv1(x)))
-        x = c.pool(dense_gelu(c.conv2(x)))
-        if c.conv3 is not None:
-            x = dense_gelu(c.conv3(x))
+        for i in range(1, c.num_convs + 1):
+            x = c.pool(dense_gelu(getattr(c, f"conv{i}")(x)))
         return c.fc2(F.gelu(c.fc1(x.flatten(1))))
 
 

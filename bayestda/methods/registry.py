@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import families
+from ..data import task_argv
 from ..errors import UserError
 from ..options import check, option
 from ..plugins import Registry
@@ -173,7 +174,7 @@ def label(score_name: str) -> str:
 def score_argv(model: str, score_name: str, task: str, num_per_class: int) -> list[str]:
     """The step-2 script and flags that write a method's score files (every missing seed without --seed_id)."""
     argv = get(score_name).script_argv(families.of_model(model).score_folder, score_name)
-    return [argv[0], "--model", model, "--task", task, "--num_per_class", str(num_per_class), *argv[1:]]
+    return [argv[0], "--model", model, *task_argv(task), "--num_per_class", str(num_per_class), *argv[1:]]
 
 
 def score_command(model: str, score_name: str, task: str, num_per_class: int) -> str:

@@ -55,6 +55,6 @@ def load_seed_samples(
     pixels = families.of_config(checkpoints[0]["config"]).raw_pixels
     train = load_subset(task, "train", num_per_class, data_root, out_root, pixels)
     if indices_digest(train.idx) != checkpoints[0]["config"]["train_idx_sha1"]:
-        raise UserError(f"the training subset data/{task}/train_subset_{num_per_class}pc.txt changed since {seed_dir} was trained; "
+        raise UserError(f"the {task} training subset of {num_per_class} per class changed since {seed_dir} was trained; "
                         f"retrain with: {train_cmd} --overwrite")  # fmt: skip
     return SeedSamples(seed, checkpoints, train, load_subset(task, "test", None, data_root, out_root, pixels))

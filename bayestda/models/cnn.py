@@ -1,12 +1,23 @@
 """The paper's CNNs, as the `cnn` model family (`--arch cnn2|cnn3`, model names `cnn` and `cnn3`).
 
-conv32 → gelu → pool → conv64 → gelu → pool → [conv64 → gelu] → fc128 → gelu → fc10, with 3×3 kernels on
-MNIST and 5×5 on CIFAR-10. `cnn2` is the paper's 2-layer CNN (225k parameters). `cnn3` is a 3-layer
-variant: it adds a 64→64 'same'-padded conv before the classifier head, which keeps the head identical and
-changes the depth only. Checkpoints hold the whole state_dict; inputs are the paper's preprocessed tensors.
+Both are the original code's networks, layer for layer: every conv is followed by GELU and a 2×2
+max-pool, then a GELU hidden layer and 10 logits.
+
+| arch | task | original | convs (out channels, kernel, padding) | head | parameters |
+|---|---|---|---|---|---|
+| cnn2 | mnist3 | NetBW | 32 k3, 64 k3 | 1600 → 128 → 10 | 225,034 |
+| cnn2 | cifar10 | NetRGB | 32 k5, 64 k5 | 1600 → 128 → 10 | 259,914 |
+| cnn3 | mnist3 | NetBWThree | 32 k3, 64 k3 p2, 128 k3 p2 | 2048 → 256 → 10 | 619,786 |
+| cnn3 | cifar10 | NetRGBThree | 32 k3, 64 k3, 128 k3 p2 | 2048 → 256 → 10 | 620,362 |
+
+A cnn3 run records its original's class name (`config["net"]`). Runs of an earlier, different `cnn3`
+(a 64→64 'same' conv added to the 2-layer net) lack it and are refused (`refuse`). Checkpoints hold the
+whole state_dict; inputs are the paper's preprocessed tensors.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,40 +26,70 @@ from torch.nn import functional as F
 from .. import families
 from ..data import get_task
 
-KERNEL_SIZE = {"mnist3": 3, "cifar10": 5}
+
+@dataclass(frozen=True)
+class Net:
+    name: str  # the original code's class
+    convs: tuple[tuple[int, int, int], ...]  # (out channels, kernel, padding) per conv
+    hidden: int
+
+
+NETS = {  # (arch, dataset) -> Net
+    ("cnn2", "mnist"): Net("NetBW", ((32, 3, 0), (64, 3, 0)), 128),
+    ("cnn2", "cifar10"): Net("NetRGB", ((32, 5, 0), (64, 5, 0)), 128),
+    ("cnn3", "mnist"): Net("NetBWThree", ((32, 3, 0), (64, 3, 2), (128, 3, 2)), 256),
+    ("cnn3", "cifar10"): Net("NetRGBThree", ((32, 3, 0), (64, 3, 0), (128, 3, 2)), 256),
+}
 
 
 class CNN(nn.Module):
     channels_last = True  # the faster memory layout for these convolutions on CPU (training.fast_layout)
 
-    def __init__(self, in_channels: int, kernel_size: int, num_outputs: int = 10, extra_conv: bool = False):
+    def __init__(self, net: Net, image_shape: tuple[int, int, int], num_outputs: int = 10):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size)
-        self.conv3 = nn.Conv2d(64, 64, kernel_size, padding=kernel_size // 2) if extra_conv else None
+        channels, side, _ = image_shape
+        self.num_convs = len(net.convs)
+        for i, (out, kernel, padding) in enumerate(net.convs, start=1):  # conv1, conv2, ...: the original's names
+            setattr(self, f"conv{i}", nn.Conv2d(channels, out, kernel, padding=padding))
+            channels, side = out, (side + 2 * padding - kernel + 1) // 2
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(64 * 5 * 5, 128)
-        self.fc2 = nn.Linear(128, num_outputs)
+        self.fc1 = nn.Linear(channels * side * side, net.hidden)
+        self.fc2 = nn.Linear(net.hidden, num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.gelu(self.conv1(x)))
-        x = self.pool(F.gelu(self.conv2(x)))
-        if self.conv3 is not None:
-            x = F.gelu(self.conv3(x))
+        for i in range(1, self.num_convs + 1):
+            x = self.pool(F.gelu(getattr(self, f"conv{i}")(x)))
         x = F.gelu(self.fc1(x.flatten(1)))
         return self.fc2(x)
+
+
+def net_of(config: dict) -> Net:
+    return NETS[config["arch"], get_task(config["task"]).dataset]
 
 
 def build(config: dict) -> CNN:
     """A freshly initialised CNN of the config's `arch` and `task` (from torch's global RNG: seed it first)."""
     spec = get_task(config["task"])
-    return CNN(spec.image_shape[0], KERNEL_SIZE[spec.name], spec.num_outputs, extra_conv=config["arch"] == "cnn3")
+    return CNN(net_of(config), spec.image_shape, spec.num_outputs)
+
+
+def run_config(spec) -> dict:
+    """A cnn3 run names its original class, which tells it from runs of the earlier cnn3 (see `refuse`)."""
+    return {"net": net_of({"arch": spec.arch, "task": spec.task}).name} if spec.arch == "cnn3" else {}
+
+
+def refuse(config: dict) -> str | None:
+    if config.get("arch") == "cnn3" and "net" not in config:
+        return ("it was made with the earlier cnn3 (our own 64→64 'same'-conv variant); cnn3 is now the paper's "
+                f"{net_of(config).name}, so retrain")  # fmt: skip
+    return None
 
 
 FAMILY = families.register(
     families.ModelFamily(
-        name="cnn", summary="the paper's 2-layer CNN and a 3-layer variant", archs={"cnn2": "cnn", "cnn3": "cnn3"},
-        build=build, train_script="train_cnn.py", score_folder="tda_cnn_scripts",
+        name="cnn", summary="the paper's 2-layer and 3-layer CNNs", archs={"cnn2": "cnn", "cnn3": "cnn3"},
+        build=build, train_script="train_cnn.py", score_folder="tda_cnn_scripts", run_config=run_config,
+        refuse=refuse,
         # On a GPU the CNN's HVPs want wide batches (BENCHMARKS.md, "The CNN on a GPU").
         gpu_hvp_chunk=256,
     )

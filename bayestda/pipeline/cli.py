@@ -6,7 +6,7 @@ import shlex
 import sys
 
 from .. import families
-from ..cli import Parser, add_seed_ids, available_cores
+from ..cli import Parser, add_seed_ids, add_subsets_args, available_cores
 from ..data import TASKS
 from ..errors import UserError
 from ..methods import registry
@@ -25,6 +25,7 @@ def parser(doc: str) -> Parser:
         help=f"{', '.join(families.model_names())}, or with a posterior suffix: cnn-deinit, cnn-debatch, ...",
     )
     g.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
+    add_subsets_args(g)
     g.add_argument("--num_per_class", type=int, required=True, help="training images per class (10..60)")
     with_variants = [m for m in registry.all_methods().values() if m.variant]
     g.add_argument(

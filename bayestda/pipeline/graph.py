@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import families
 from ..analysis import CORRELATIONS_MANIFEST, PVALUES_MANIFEST
 from ..checkpoints import finished_checkpoints
+from ..data import get_task, paper_subset_file, paper_subsets_dir, task_argv
 from ..methods import registry
 from ..paths import REPO_ROOT, experiment_name, find_subset_file, read_seeds, results_dir, score_file, seed_model_dir
 
@@ -109,11 +110,16 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
     n = spec.num_per_class
     seeds = read_seeds()
 
-    subsets_done = all(
-        find_subset_file(out, name, spec.task) for name in (f"train_subset_{n}pc.txt", "test_subset.txt")
-    )
+    if get_task(spec.task).subsets == "paper":  # nothing to write: the original's files must be there already
+        for split in ("train", "test"):
+            paper_subset_file(spec.task, split, n)  # a one-line error now, not in a task, if a file is missing
+        data += ["--paper_subsets_dir", str(paper_subsets_dir())]
+        subsets_done = True
+    else:
+        names = (f"train_subset_{n}pc.txt", "test_subset.txt")
+        subsets_done = all(find_subset_file(out, name, spec.task) for name in names)
     subsets = Task(
-        "subsets", "subsets", ["make_subsets.py", "--task", spec.task, "--num_per_class", str(n), *common, *data],
+        "subsets", "subsets", ["make_subsets.py", *task_argv(spec.task), "--num_per_class", str(n), *common, *data],
         done=subsets_done,
     )  # fmt: skip
     tasks = [subsets]
@@ -139,7 +145,8 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
             )  # fmt: skip
 
     method_tasks = [t.name for t in tasks if t.stage in spec.methods]
-    stats = ["--model", spec.model, "--task", spec.task, "--num_per_class", str(n), "--methods", ",".join(spec.methods)]
+    stats = ["--model", spec.model, *task_argv(spec.task), "--num_per_class", str(n),
+             "--methods", ",".join(spec.methods)]  # fmt: skip
     if list(spec.seed_ids) != list(range(len(seeds))):
         stats += ["--seed_ids", *map(str, spec.seed_ids)]
     res = results_dir(out, spec.model, spec.task, n)

@@ -14,7 +14,7 @@ from bayestda import families
 from bayestda.data import Subset
 from bayestda.func import FunctionalModel
 from bayestda.methods import registry
-from bayestda.models.cnn import CNN
+from bayestda.models.cnn import build
 from bayestda.training import seeded_init
 
 # (sum, sum of |τ|, τ[0, 0], τ[-1, -1]) of the [12, 5] scores
@@ -33,7 +33,7 @@ OPTIONS = {"ats": {"loss_dtype": "float64"}, "if-paper": {"diagnostics": False},
 def setup():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model = seeded_init(7, lambda: CNN(1, 3, 10)).double().eval()
+    model = seeded_init(7, lambda: build({"arch": "cnn2", "task": "mnist3"})).double().eval()
     gen = torch.Generator().manual_seed(3)
     x = torch.rand(17, 1, 28, 28, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (17,), generator=gen)
