@@ -116,6 +116,7 @@ def train_seed(spec: EnsembleSpec, seed: int, train_data: Subset, test_data: Sub
         "wall_time_s": round(time.perf_counter() - start, 3),
         "device": str(device),
         "fp32_precision": torch.backends.cudnn.conv.fp32_precision,  # TF32 or IEEE convs on a GPU
+        "threads": torch.get_num_threads(),  # CPU kernels sum in another order with another thread count
         "versions": {"torch": str(torch.__version__), "bayestda": __version__},
     }
     atomic_write_json(metrics, metrics_file(seed_dir))

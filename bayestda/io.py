@@ -12,12 +12,25 @@ from typing import Any
 import torch
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import, before any thread could create a file in between
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call `write(file)` on a temp file in the same folder, fsync, then rename it over `path` (atomic on POSIX)."""
+    """Call `write(file)` on a temp file in the same folder, fsync, then rename it over `path` (atomic on POSIX).
+
+    The file gets the permissions of a plain `open` under the user's umask (mkstemp's temp files are 0600, which
+    collaborators on a shared cluster could not read)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import build_model, num_parameters
+from helpers import build_model, num_parameters, one_line_error
 from torch.nn import functional as F
 
 from bayestda.errors import UserError
@@ -86,3 +86,21 @@ def test_runs_of_the_earlier_cnn3_are_refused(tmp_path):
     assert read_checkpoint(path)["config"] == current
     save_scores(score_path, torch.zeros(1, 2, 3), [0, 1], [0, 1, 2], [15], 0, "gd", {"checkpoint_config": current})
     assert load_scores(score_path)["method"] == "gd"
+
+
+def test_step_two_on_an_earlier_cnn3_run_says_to_retrain(run_script, tmp_path):
+    from bayestda.checkpoints import save_checkpoint
+    from bayestda.io import atomic_write_json
+    from bayestda.paths import checkpoint_file, seed_model_dir
+
+    config = {"family": "cnn", "model": "cnn3", "arch": "cnn3", "task": "mnist3", "num_per_class": 10, "seed": 0,
+              "epochs": 15}  # fmt: skip
+    seed_dir = seed_model_dir(tmp_path, "cnn3", "mnist3", 10, 0)
+    model = build_model("cnn2", "mnist3")
+    for epoch in range(11, 16):
+        save_checkpoint(checkpoint_file(seed_dir, epoch), model, torch.optim.Adam(model.parameters()), config)
+    atomic_write_json({"config": config}, seed_dir / "metrics.json")
+    proc = run_script("tda_cnn_scripts/gd.py", "--model", "cnn3", "--task", "mnist3", "--num_per_class", "10",
+                      "--seed_id", "0", "--out_root", str(tmp_path))  # fmt: skip
+    one_line_error(proc, "earlier cnn3", "python train_cnn.py --task mnist3 --num_per_class 10 --arch cnn3")
+    assert proc.returncode == 2

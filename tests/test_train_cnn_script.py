@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from io import BytesIO
 
 import pytest
@@ -27,6 +29,7 @@ def test_rerun_skips_finished_seeds_and_overwrite_redoes_them(run_script, tmp_pa
     assert first.returncode == 0, first.stderr
     seed_dir = seed_model_dir(tmp_path, "cnn", "mnist3", 10, 1)
     assert sorted(p.name for p in seed_dir.iterdir()) == [f"ckpt_epoch_{e}.pt" for e in range(2, 7)] + ["metrics.json"]
+    assert json.loads(metrics_file(seed_dir).read_text())["threads"] >= 1  # it changes the last bits on a CPU
     before = snapshot(seed_dir)
 
     second = run_script("train_cnn.py", *ARGS, *out)
@@ -128,3 +131,15 @@ def test_help_is_complete(run_script, script):
     assert proc.returncode == 0
     for flag in ["--task", "--data_root", "--out_root", "--overwrite"]:
         assert flag in proc.stdout
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_keep_the_umask(tmp_path, monkeypatch, umask):
+    """An artifact gets a plain `open`'s permissions under the umask, not mkstemp's 0600 (a shared cluster reads it)."""
+    old = os.umask(umask)
+    try:
+        monkeypatch.setattr(io, "_UMASK", io._read_umask())  # as if the process had started under this umask
+        io.atomic_write_text("x", tmp_path / "a.txt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask

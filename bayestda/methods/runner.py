@@ -110,6 +110,7 @@ def run_method(score_name: str, model: str, task: str, num_per_class: int, seeds
         config = {
             "method": score_name, "options": dataclasses.asdict(opts), "checkpoint_config": ckpt_cfg, "device": str(device),
             "fp32_precision": torch.backends.cudnn.conv.fp32_precision,  # TF32 or IEEE convs on a GPU
+            "threads": torch.get_num_threads(),  # CPU kernels sum in another order with another thread count
             "wall_time_s": round(time.perf_counter() - start, 3), "peak_memory_gib": peak_memory_gib(device),
             "diagnostics": diagnostics,
             "versions": {"bayestda": __version__, "torch": str(torch.__version__)},

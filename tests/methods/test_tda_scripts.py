@@ -68,6 +68,7 @@ def test_scores_follow_the_contract(scored, method):
     assert record["sign"] in (1, -1) and record["config"]["checkpoint_config"]["seed"] == 1
     assert torch.isfinite(record["scores"]).all() and record["scores"].abs().sum() > 0
     assert 0.1 < record["config"]["peak_memory_gib"]["rss"] < 4  # a torch process, within the budget
+    assert record["config"]["threads"] >= 1  # it changes the last bits on a CPU
     if method == "if-paper":  # every checkpoint records how far LiSSA is from its fixed point
         assert len(record["config"]["diagnostics"]) == 5
         assert record["config"]["diagnostics"][0]["fit_if_equals_minus_c_times_gd"]["r2"] > 0.99
