@@ -12,7 +12,9 @@ from bayestda.stats_cli import experiment_from_args, parser
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--num_ckpts", type=int, default=5, help="last checkpoints averaged per seed (the paper uses 5)")
+    p.add_argument("--num_ckpts", type=int, default=None,
+                   help="last checkpoints averaged per seed (1..those in the score files; the paper uses 5); "
+                   "default: all of them")  # fmt: skip
     args = p.parse_args()
     exp = experiment_from_args(p, args)
     out = write_correlations(exp, args.num_ckpts, args.overwrite)

@@ -13,7 +13,9 @@ from bayestda.stats_cli import experiment_from_args, parser
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--max_ckpts", type=int, default=5, help="largest number of last checkpoints averaged per seed")
+    p.add_argument("--max_ckpts", type=int, default=None,
+                   help="largest number of last checkpoints averaged per seed (1..those in the score files, the paper's "
+                   "5); default: all of them")  # fmt: skip
     args = p.parse_args()
     exp = experiment_from_args(p, args)
     out = write_pvalues(exp, args.max_ckpts, args.overwrite)

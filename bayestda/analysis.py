@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, plots
 from .correlations import correlation_tables
+from .errors import UserError
 from .io import atomic_write_csv, atomic_write_json
 from .statistics import P_TYPES, Experiment, pair_frame, pair_stats, summary_rows
 
@@ -29,13 +30,24 @@ def _inputs(exp: Experiment, **extra) -> dict:
     return {"methods": exp.methods, "seeds": exp.seeds, "score_digest": exp.input_digest(), **extra}
 
 
-def write_pvalues(exp: Experiment, max_ckpts: int = 5, overwrite: bool = False) -> Path | None:
+def check_num_ckpts(flag: str, k: int | None, exp: Experiment) -> int:
+    """A checkpoints-per-seed flag: None means all that each score file holds; a k outside 1..that is refused,
+    never clamped."""
+    if k is None:
+        return exp.n_ckpts
+    if not 1 <= k <= exp.n_ckpts:
+        raise UserError(f"{flag} {k}: the score files of {exp.name} hold {exp.n_ckpts} checkpoints per seed, "
+                        f"so use 1..{exp.n_ckpts}")  # fmt: skip
+    return k
+
+
+def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool = False) -> Path | None:
     """Per-pair μ, σ and p-values for every method and k, mean_p_values.csv, summary.csv and figures.
 
     Returns the results folder, or None when it was already up to date.
     """
     out = exp.results_dir
-    ks = list(range(1, min(max_ckpts, exp.n_ckpts) + 1))
+    ks = list(range(1, check_num_ckpts("--max_ckpts", max_ckpts, exp) + 1))
     manifest = out / PVALUES_MANIFEST
     inputs = _inputs(exp, num_ckpts=ks)
     if not overwrite and _up_to_date(manifest, inputs):
@@ -66,10 +78,10 @@ def write_pvalues(exp: Experiment, max_ckpts: int = 5, overwrite: bool = False) 
     return out
 
 
-def write_correlations(exp: Experiment, num_ckpts: int = 5, overwrite: bool = False) -> Path | None:
+def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite: bool = False) -> Path | None:
     """Pearson and Spearman method × method matrices (raw and sign-aligned) as CSV and heatmaps."""
     out = exp.results_dir
-    k = min(num_ckpts, exp.n_ckpts)
+    k = check_num_ckpts("--num_ckpts", num_ckpts, exp)
     manifest = out / CORRELATIONS_MANIFEST
     inputs = _inputs(exp, num_ckpts=k)
     if not overwrite and _up_to_date(manifest, inputs):

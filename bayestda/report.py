@@ -21,7 +21,7 @@ from .data import load_subset
 from .errors import UserError
 from .func import flatten
 from .methods import registry
-from .paths import read_seeds, results_dir, score_file, seed_model_dir
+from .paths import experiment_name, read_seeds, results_dir, score_file, seed_model_dir
 from .statistics import parse_experiment_name
 
 
@@ -270,6 +270,14 @@ def correlation_matrix(res: Path, file: str) -> str:
     return _table(m.reset_index().rename(columns={"index": ""}), ".2f")
 
 
+def _check_k(summary: pd.DataFrame, k: int, exp: str) -> None:
+    """--num_ckpts must be one of the k that step 3 computed; never silently another."""
+    ks = sorted(set(summary.num_ckpts))
+    if k not in ks:
+        raise UserError(f"--num_ckpts {k}: step 3 computed {exp} for k = {', '.join(map(str, ks))} checkpoints per seed; "
+                        "use one of those")  # fmt: skip
+
+
 def compare_experiments(out_root: Path, experiments: list[str], methods: list[str], k: int = 5) -> str:
     """Claim (d) and the noise sources: per method, the noise of each experiment side by side.
 
@@ -287,6 +295,7 @@ def compare_experiments(out_root: Path, experiments: list[str], methods: list[st
         accs = [m["final_test_acc"] for m in _seed_metrics(out_root, model, task, n)]
         accuracy.append({"experiment": exp, "seeds": len(accs), "mean test acc %": float(np.mean(accs))})
         summary = pd.read_csv(res / "summary.csv")
+        _check_k(summary, k, exp)
         summary = summary[summary.num_ckpts == k].set_index(["method", "p_type"])
         for method in methods:
             if (method, "t") not in summary.index:
@@ -328,7 +337,9 @@ def experiment_report(out_root: Path, model: str, task: str, n: int, methods: li
     res = results_dir(out_root, model, task, n)
     if not (res / "summary.csv").is_file():
         raise UserError(f"{res} has no summary.csv; run compute_pvalues.py and compute_correlations.py first")
-    have = set(pd.read_csv(res / "summary.csv").method)
+    summary = pd.read_csv(res / "summary.csv")
+    _check_k(summary, k, experiment_name(model, task, n))
+    have = set(summary.method)
     methods = [m for m in methods if m in have]
     parts = [
         f"#### {model} {task} {n}pc",

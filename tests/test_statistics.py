@@ -203,3 +203,20 @@ def test_scripts_end_to_end_and_bad_input(tmp_path, run_script):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "missing score files" in bad.stderr
     bad = run_script("compute_pvalues.py", "--model", "cnn", "--out_root", str(tmp_path))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "name the experiment" in bad.stderr
+
+
+def test_checkpoint_counts_outside_the_score_files_are_refused_not_clamped(tmp_path):
+    from bayestda.report import experiment_report
+
+    write_synthetic(tmp_path)
+    exp = st.load_experiment("cnn", "mnist3", 10, tmp_path, list(PAPER_METHODS))
+    assert exp.n_ckpts == 5
+    for k in (0, 6):
+        with pytest.raises(UserError, match=rf"--max_ckpts {k}: the score files of cnn_mnist3_10pc hold 5 .* 1\.\.5"):
+            write_pvalues(exp, max_ckpts=k)
+        with pytest.raises(UserError, match=rf"--num_ckpts {k}: .* use 1\.\.5"):
+            write_correlations(exp, num_ckpts=k)
+    write_pvalues(exp, max_ckpts=3)
+    assert sorted(set(pd.read_csv(exp.results_dir / "summary.csv").num_ckpts)) == [1, 2, 3]
+    with pytest.raises(UserError, match=r"--num_ckpts 5: step 3 computed cnn_mnist3_10pc for k = 1, 2, 3"):
+        experiment_report(tmp_path, "cnn", "mnist3", 10, list(PAPER_METHODS), k=5)

@@ -91,6 +91,13 @@ def _gpus(flag: str) -> list[str]:
     ids = [g.strip() for g in flag.split(",") if g.strip()]
     if not all(g.isdigit() for g in ids):
         raise UserError(f"--gpus {flag!r}: give GPU ids like 0,1 (or auto, or none)")
+    import torch
+
+    count = torch.cuda.device_count()
+    if missing := [g for g in ids if int(g) >= count]:
+        seen = f"GPUs 0..{count - 1}" if count else "no GPU"
+        raise UserError(f"--gpus {flag}: torch sees {seen}, so GPU {', '.join(missing)} does not exist here; "
+                        "use --gpus auto, or --gpus none to run on the CPU")  # fmt: skip
     return ids
 
 

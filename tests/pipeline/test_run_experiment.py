@@ -218,3 +218,11 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
     assert f"| cnn_mnist3_10pc | 2 | {sum(accs) / 2:.2f} |" in proc.stdout
     bad = sh(["report_experiment.py", "--experiment", "cnn_mnist3_30pc", "--out_root", str(by_runner)], data_root)
     assert bad.returncode == 2 and "no summary.csv" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_gpus_that_torch_does_not_see_are_an_error_not_a_cpu_run(tmp_path, data_root):
+    gpus = str(torch.cuda.device_count())  # one past the last visible GPU: "0" on a CPU-only machine
+    proc = sh(["run_experiment.py", *TINY, "--out_root", str(tmp_path), "--gpus", gpus], data_root)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"--gpus {gpus}: torch sees" in proc.stderr and "--gpus none" in proc.stderr
+    assert not (tmp_path / "models").exists()  # refused before any task ran
