@@ -87,7 +87,7 @@ def test_paper_and_nested_runs_write_to_different_paths(paper_dir, run_script, t
         "--seed_id",
         "0",
         "--epochs",
-        "5",
+        "1",
         "--out_root",
         str(tmp_path),
     ]
