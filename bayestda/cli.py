@@ -147,8 +147,11 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+USER_ERROR_EXIT = 2  # a UserError, as argparse's own errors: deterministic, so the runner does not retry it
+
+
 def run(main: Callable[[], object]) -> None:
-    """Run a script's main: a UserError becomes `error: ...` on stderr and exit status 2.
+    """Run a script's main: a UserError becomes `error: ...` on stderr and exit status 2 (`USER_ERROR_EXIT`).
 
     SIGTERM (`kill`, a cancelled Slurm job, an interrupted runner) is handled like Ctrl-C, so that temp files
     are removed, and a runner stops the tasks it started, before the exit.
@@ -160,7 +163,7 @@ def run(main: Callable[[], object]) -> None:
         main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun to continue", file=sys.stderr)
         sys.exit(130)

@@ -1,5 +1,6 @@
 """Run a task graph: a scheduler that starts tasks whose dependencies are met, retries a failure once, and
-reports what finished, what failed and where its log is.
+reports what finished, what failed and where its log is. A task that failed on a user error (exit status 2: bad
+flags or a bad artifact, said in one line) is not retried: it would fail the same way again.
 
 The scheduler is the same for every backend. A backend only places one task: `LocalExecutor` on a pool of
 slots on this machine (one per GPU, or `--jobs` CPU slots), `RayExecutor` as a Ray task with its resources.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..cli import available_cores
+from ..cli import USER_ERROR_EXIT, available_cores
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..paths import REPO_ROOT
@@ -119,7 +120,7 @@ def run_with_retry(argv: list[str], env: dict[str, str], log: str, retries: int 
     """One task with its retries in one process: what a Slurm array element runs."""
     for attempt in range(1, retries + 2):
         rc = run_logged(argv, env, log, attempt)
-        if rc == 0:
+        if rc in (0, USER_ERROR_EXIT):
             break
     return rc
 
@@ -309,7 +310,7 @@ def execute(
                     finished.add(task.name)
                     report.finished[task.name] = round(time.perf_counter() - started[task.name], 1)
                     bar.update()
-                elif attempt <= retries:
+                elif attempt <= retries and rc != USER_ERROR_EXIT:
                     tqdm.write(f"{task.name} failed (exit status {rc}); retrying, log: {log_of(task)}")
                     running[executor.submit(task, log_of(task), attempt + 1)] = (task, attempt + 1)
                 else:
@@ -317,7 +318,8 @@ def execute(
                     report.failed[task.name] = {
                         "exit_status": rc, "log": str(log_of(task)), "tail": _log_tail(log_of(task)),
                     }  # fmt: skip
-                    tqdm.write(f"{task.name} failed again (exit status {rc}); log: {log_of(task)}")
+                    again = "on a user error, not retried" if rc == USER_ERROR_EXIT else "again"
+                    tqdm.write(f"{task.name} failed {again} (exit status {rc}); log: {log_of(task)}")
                     stopping = not keep_going
     except KeyboardInterrupt:
         executor.close(cancel=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bayestda.paths import REPO_ROOT
-from bayestda.pipeline.execute import LocalExecutor, execute, placement_env, write_report
+from bayestda.pipeline.execute import LocalExecutor, execute, placement_env, run_with_retry, write_report
 from bayestda.pipeline.graph import Task
 
 
@@ -85,6 +85,18 @@ def test_a_failing_task_is_retried_once_then_reported_and_the_run_stops(tmp_path
         t.done = (tmp_path / t.name).exists()
     report = run(tasks, tmp_path, jobs=1, cold=cold)
     assert report.ok and report.skipped == ["ok1"] and set(report.finished) == {"bad", "after_bad", "later"}
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_a_user_error_is_reported_at_once_not_retried(tmp_path, cold):
+    """Exit status 2 is a one-line UserError (or a flag error): deterministic, so a retry would only repeat it."""
+    user_error = "import sys\nprint('error: bad artifact', file=sys.stderr)\nsys.exit(2)"
+    report = run([writer(tmp_path, "bad", code=user_error)], tmp_path, jobs=1, cold=cold)
+    log = (tmp_path / "logs" / "bad.log").read_text()
+    assert log.count("=== attempt") == 1 and "error: bad artifact" in log
+    assert report.failed["bad"]["exit_status"] == 2
+    assert run_with_retry(["-c", user_error], {}, str(tmp_path / "slurm.log"), retries=3) == 2
+    assert (tmp_path / "slurm.log").read_text().count("=== attempt") == 1  # a Slurm array element stops too
 
 
 def test_keep_going_runs_what_does_not_depend_on_the_failure(tmp_path):
