@@ -52,12 +52,13 @@ class _ExportDir(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_subsets_args(p) -> None:
-    """--subsets and --paper_subsets_dir (`data`: which images a task uses)."""
+def add_subsets_args(p, with_dir: bool = True) -> None:
+    """--subsets and, for scripts that read the images, --paper_subsets_dir (`data`: which images a task uses)."""
     p.add_argument("--subsets", default=SUBSETS[0], choices=SUBSETS,
                    help="nested: this package's balanced, nested index files (data/<task>/); paper: the original "
                    "code's own files, as it used them (artifacts named <task>-paper, e.g. cnn_mnist3-paper_10pc)")  # fmt: skip
-    add_paper_subsets_dir(p)
+    if with_dir:
+        add_paper_subsets_dir(p)
 
 
 def add_paper_subsets_dir(p) -> None:

@@ -240,12 +240,15 @@ def read_indices(path: Path) -> np.ndarray:
     return np.array([int(line) for line in Path(path).read_text().split()], dtype=np.int64)
 
 
+def _sizes_in(folder: Path) -> list[int]:
+    """The n of every train_subset_<n>pc.txt in a folder."""
+    return sorted(
+        int(p.stem.removeprefix("train_subset_").removesuffix("pc")) for p in folder.glob("train_subset_*pc.txt")
+    )
+
+
 def available_sizes(out_root: Path, task: str) -> list[int]:
-    sizes = set()
-    for root in {out_root, REPO_ROOT}:
-        for p in (root / "data" / task).glob("train_subset_*pc.txt"):
-            sizes.add(int(p.stem.removeprefix("train_subset_").removesuffix("pc")))
-    return sorted(sizes)
+    return sorted({n for root in {out_root, REPO_ROOT} for n in _sizes_in(root / "data" / task)})
 
 
 def paper_subsets_dir() -> Path:
@@ -260,12 +263,6 @@ def paper_subsets_dir() -> Path:
 
 def _subset_file_name(split: str, num_per_class: int | None) -> str:
     return f"train_subset_{num_per_class}pc.txt" if split == "train" else "test_subset.txt"
-
-
-def _sizes_in(folder: Path) -> list[int]:
-    return sorted(
-        int(p.stem.removeprefix("train_subset_").removesuffix("pc")) for p in folder.glob("train_subset_*pc.txt")
-    )
 
 
 def paper_subset_file(task: str, split: str, num_per_class: int | None) -> Path:
@@ -338,7 +335,7 @@ def load_subset(
 def _describe_paper_subset(spec: TaskSpec, split: str, num_per_class, idx, labels, data_root: Path) -> None:
     """Warn (once per process) where the paper's subset is unbalanced, or JPEG-approximate in the offline CIFAR-10."""
     what = f"the paper's {spec.task} {f'{num_per_class}pc train' if split == 'train' else 'test'} subset"
-    counts = np.bincount(labels, minlength=spec.num_outputs)[list(spec.classes)]
+    counts = _class_counts(spec, labels)
     if counts.min() != counts.max():
         per_class = " ".join(f"{c}:{k}" for c, k in zip(spec.classes, counts, strict=True))
         _warn_once(f"{what} is unbalanced, as in the original code (class: count {per_class})")
@@ -346,6 +343,11 @@ def _describe_paper_subset(spec: TaskSpec, split: str, num_per_class, idx, label
         approx = int((~cifar_exact(idx)).sum())
         _warn_once(f"{approx} of the {len(idx)} images of {what} are JPEG-approximate in this unverified CIFAR-10 "
                    f"copy (exact pixels only for the first {CIFAR_EXACT_PER_BATCH} of each batch)")  # fmt: skip
+
+
+def _class_counts(spec: TaskSpec, labels: np.ndarray) -> np.ndarray:
+    """Images per class of the task, in `spec.classes` order."""
+    return np.bincount(labels, minlength=spec.num_outputs)[list(spec.classes)]
 
 
 @cache
@@ -386,7 +388,7 @@ def check_paper_subsets(task: str, data_root: Path, sizes=None) -> list[str]:
     report = []
     for split, n in [("train", n) for n in sizes] + [("test", None)]:
         sub = load_subset(spec.name, split, n, data_root, REPO_ROOT)
-        counts = np.bincount(sub.y.numpy(), minlength=spec.num_outputs)[list(spec.classes)]
+        counts = _class_counts(spec, sub.y.numpy())
         report.append(f"{paper_subset_file(spec.name, split, n)}: {len(sub)} {split} images, per class "
                       + " ".join(map(str, counts)) + " (the original's file, used in place)")  # fmt: skip
     return report
