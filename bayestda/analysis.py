@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from . import __version__, plots
 from .correlations import correlation_tables
 from .errors import UserError
-from .io import atomic_write_csv, atomic_write_json
+from .io import atomic_write_csv, atomic_write_json, remove_stale_temp_files
 from .statistics import P_TYPES, Experiment, pair_frame, pair_stats, summary_rows
 
 PVALUES_MANIFEST = "pvalues_manifest.json"  # written last by step 3: its presence marks finished results
@@ -52,6 +52,7 @@ def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool
     inputs = _inputs(exp, num_ckpts=ks)
     if not overwrite and _up_to_date(manifest, inputs):
         return None
+    remove_stale_temp_files(out, recursive=True)
     rows, mean_p = [], {t: pd.DataFrame(index=pd.Index(ks, name="num_ckpts")) for t in P_TYPES}
     last_p = {t: {} for t in P_TYPES}
     for method in tqdm(exp.methods, desc=f"p-values {exp.name}", unit="method"):
@@ -86,6 +87,7 @@ def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite:
     inputs = _inputs(exp, num_ckpts=k)
     if not overwrite and _up_to_date(manifest, inputs):
         return None
+    remove_stale_temp_files(out, recursive=True)
     per_method = {
         m: pair_stats(exp.scores(m), k) for m in tqdm(exp.methods, desc=f"statistics {exp.name}", unit="method")
     }

@@ -1,6 +1,10 @@
 """Checkpoint files: weights plus the config they were trained with, so later steps need no flags.
 
 `load_checkpoint(path) -> (model, config)` rebuilds any model in eval mode on CPU.
+
+A seed's folder holds one training run: `metrics.json` (written last, the done marker) and the checkpoints of
+its last epochs. `read_run` gives those checkpoints only if they are readable and all of that one run (their
+epochs and config agree with metrics.json), so nothing is scored on a truncated file or on a mix of two runs.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import families
+from . import families, hints
 from .errors import UserError
 from .io import atomic_torch_save
-from .paths import checkpoint_file, last_epochs, metrics_file
+from .paths import checkpoint_file, last_epochs, metrics_file, parse_seed_dir, read_seeds
 
 FORMAT = "bayestda-checkpoint-v1"
 
@@ -28,15 +32,34 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     )
 
 
+def retrain_command(seed_dir: Path) -> str:
+    """The step-1 command that redoes one seed's training run, from where its folder is."""
+    parsed = parse_seed_dir(seed_dir)
+    seeds = read_seeds()
+    if parsed is None or parsed[3] not in seeds:
+        return "the step-1 command that made it, with --overwrite (python train_cnn.py --help, finetune_vit.py --help)"
+    model, task, n, seed = parsed
+    try:
+        argv = families.of_model(model).train_argv(model, task, n)
+    except UserError:
+        return "the step-1 command that made it, with --overwrite"
+    return hints.command(argv, "--seed_id", str(seeds.index(seed)), "--overwrite")
+
+
 def read_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(
             f"checkpoint {path} does not exist; train it first (python train_cnn.py --help, finetune_vit.py --help)"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a bayestda checkpoint (expected format {FORMAT!r})")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}; truncated or corrupt); "
+                        f"retrain its seed with: {retrain_command(path.parent)}") from None  # fmt: skip
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"{path} is not a bayestda checkpoint (expected format {FORMAT!r}); "
+                        f"retrain its seed with: {retrain_command(path.parent)}")  # fmt: skip
     families.check_config(ckpt["config"], str(path))
     return ckpt
 
@@ -48,8 +71,19 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
 
 
 def read_metrics(seed_dir: Path) -> dict | None:
+    """A seed's metrics.json, or None if its run has not finished; a one-line error if it is unreadable."""
     path = metrics_file(seed_dir)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}; empty or corrupt); "
+                        f"retrain the seed with: {retrain_command(seed_dir)}") from None  # fmt: skip
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("config"), dict):
+        raise UserError(f"{path} is not a bayestda metrics.json (no run config); "
+                        f"retrain the seed with: {retrain_command(seed_dir)}")  # fmt: skip
+    return metrics
 
 
 def finished_checkpoints(seed_dir: Path) -> list[Path] | None:
@@ -58,12 +92,32 @@ def finished_checkpoints(seed_dir: Path) -> list[Path] | None:
     metrics = read_metrics(seed_dir)
     if metrics is None:
         return None
-    paths = [checkpoint_file(seed_dir, e) for e in last_epochs(metrics["config"]["epochs"])]
+    if not isinstance(epochs := metrics["config"].get("epochs"), int):
+        raise UserError(f"{metrics_file(seed_dir)} does not say how many epochs its run had; "
+                        f"retrain the seed with: {retrain_command(seed_dir)}")  # fmt: skip
+    paths = [checkpoint_file(seed_dir, e) for e in last_epochs(epochs)]
     return paths if all(p.is_file() for p in paths) else None
 
 
+def read_run(seed_dir: Path, train_command: str) -> list[dict]:
+    """The checkpoints of a seed's finished run (`read_checkpoint` records, oldest first), each checked to be
+    of the run metrics.json describes: its epoch, and a config equal to the run's."""
+    paths = seed_checkpoints(seed_dir, train_command)
+    run = read_metrics(seed_dir)["config"]
+    checkpoints = [read_checkpoint(p) for p in paths]
+    for path, ckpt, epoch in zip(paths, checkpoints, last_epochs(run["epochs"]), strict=True):
+        config = dict(ckpt["config"])
+        if config.pop("epoch", None) != epoch or config != run:
+            diff = sorted(k for k in config.keys() | run.keys() if config.get(k) != run.get(k))
+            what = f"epoch {ckpt['config'].get('epoch')}" if not diff else f"{', '.join(diff)} differ"
+            raise UserError(f"{path} is not of the run {metrics_file(seed_dir)} describes ({what}): the folder mixes "
+                            f"two training runs; retrain the seed with: {retrain_command(seed_dir)}")  # fmt: skip
+    return checkpoints
+
+
 def seed_is_complete(seed_dir: Path, config: dict) -> bool:
-    """True when the run in `seed_dir` finished with this config; an error when it finished with another."""
+    """True when the run in `seed_dir` finished with this config and its checkpoints are readable and of that
+    run; an error when it finished with another config, or its files are corrupt."""
     metrics = read_metrics(seed_dir)
     if metrics is None:
         return False
@@ -75,7 +129,10 @@ def seed_is_complete(seed_dir: Path, config: dict) -> bool:
             f"{seed_dir} holds a run trained with other settings ({', '.join(diff)} differ); "
             "pass --overwrite to retrain it, or --out_root to write elsewhere"
         )
-    return finished_checkpoints(seed_dir) is not None
+    if finished_checkpoints(seed_dir) is None:
+        return False
+    read_run(seed_dir, "")
+    return True
 
 
 def seed_checkpoints(seed_dir: Path, train_command: str) -> list[Path]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import hints, lifeline
 from .allocator import retain_freed_memory
 from .data import PAPER_REPO, PAPER_SUBSETS_ENV, SUBSETS, TASKS, task_name
 from .errors import UserError
@@ -37,8 +38,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_args(self, args=None, namespace=None):
-        """Parsed flags; with `--subsets` (`add_subsets_args`), `task` is the task's artifact name (`data.task_name`)."""
+        """Parsed flags; with `--subsets` (`add_subsets_args`), `task` is the task's artifact name (`data.task_name`).
+
+        The location flags are kept for the commands that error messages suggest (`hints`)."""
         ns = super().parse_args(args, namespace)
+        hints.remember(ns)
         if getattr(ns, "subsets", None) and getattr(ns, "task", None) in TASKS:
             ns.task = task_name(ns.task, ns.subsets)
         return ns
@@ -155,10 +159,12 @@ def run(main: Callable[[], object]) -> None:
     """Run a script's main: a UserError becomes `error: ...` on stderr and exit status 2 (`USER_ERROR_EXIT`).
 
     SIGTERM (`kill`, a cancelled Slurm job, an interrupted runner) is handled like Ctrl-C, so that temp files
-    are removed, and a runner stops the tasks it started, before the exit.
+    are removed, and a runner stops the tasks it started, before the exit. A task started by a runner also
+    gets SIGTERM when the runner dies (`lifeline`).
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+    lifeline.die_with_runner()
     retain_freed_memory()  # bit-identical results, far fewer page faults: LOO and IF-paper faster (BENCHMARKS.md)
     try:
         main()

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, MNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from .errors import UserError
 from .io import atomic_write_text
@@ -124,18 +125,50 @@ def _try_download(cls, root: Path, train: bool):
         return exc
 
 
+def _mnist_files_present(root: Path) -> bool:
+    folder = Path(root) / "MNIST" / "raw"
+    return all((folder / Path(url).stem).is_file() for url, _ in MNIST.resources)
+
+
+def _unreadable(what: str, folder: Path, exc: Exception, fix: str) -> UserError:
+    """The dataset's files are there, but one of them cannot be parsed: name it, not "not found"."""
+    where = getattr(exc, "filename", None) or str(exc) or type(exc).__name__
+    return UserError(f"{what} files in {folder} are there but cannot be read ({type(exc).__name__}: {where}), "
+                     f"so a file is truncated or corrupt; {fix}, or pass --data_root / BAYESTDA_DATA_ROOT")  # fmt: skip
+
+
 def _load_mnist(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        ds = MNIST(str(root), train=train, download=False)
-    except RuntimeError:
-        ds = _try_download(MNIST, root, train)
-        if isinstance(ds, Exception):
-            raise UserError(
-                f"MNIST not found: looked for {root / 'MNIST' / 'raw'} and the download failed ({type(ds).__name__}). "
-                f"Pass --data_root or set BAYESTDA_DATA_ROOT to a folder holding MNIST/raw "
-                f"(offline here: ../shared/datasets)"
-            ) from None
+    if _mnist_files_present(root):
+        try:
+            ds = MNIST(str(root), train=train, download=False)
+        except Exception as exc:
+            folder = Path(root) / "MNIST" / "raw"
+            exc.filename = _bad_mnist_file(folder, train)
+            fix = "replace them with a good copy (offline here: ../shared/datasets/MNIST/raw)"
+            raise _unreadable("MNIST", folder, exc, fix) from None
+        return ds.data.numpy(), ds.targets.numpy()
+    ds = _try_download(MNIST, root, train)
+    if isinstance(ds, Exception):
+        raise UserError(
+            f"MNIST not found: looked for {root / 'MNIST' / 'raw'} and the download failed ({type(ds).__name__}). "
+            f"Pass --data_root or set BAYESTDA_DATA_ROOT to a folder holding MNIST/raw "
+            f"(offline here: ../shared/datasets)"
+        ) from None
     return ds.data.numpy(), ds.targets.numpy()
+
+
+def _bad_mnist_file(folder: Path, train: bool) -> str | None:
+    """torchvision's parse errors do not name the file: parse the split's two files one by one."""
+    prefix = "train" if train else "t10k"
+    for name, read in (
+        (f"{prefix}-images-idx3-ubyte", read_image_file),
+        (f"{prefix}-labels-idx1-ubyte", read_label_file),
+    ):
+        try:
+            read(str(folder / name))
+        except Exception:
+            return name
+    return None
 
 
 @cache
@@ -152,22 +185,38 @@ _UNVERIFIED_CIFAR: set[Path] = set()  # data roots whose CIFAR-10 failed the md5
 
 
 def _load_cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    if not _cifar_files_present(root):
+        ds = _try_download(CIFAR10, root, train)
+        if isinstance(ds, Exception):
+            raise UserError(
+                f"CIFAR-10 not found: looked for {root / CIFAR10.base_folder} and the download failed "
+                f"({type(ds).__name__}). Offline, build a copy with "
+                f"`python ../shared/datasets/build_cifar10.py {root}` or pass --data_root / BAYESTDA_DATA_ROOT"
+            ) from None
+        return np.asarray(ds.data), np.asarray(ds.targets)
+    folder = Path(root) / CIFAR10.base_folder
     try:
-        ds = CIFAR10(str(root), train=train, download=False)
-    except RuntimeError:
-        if _cifar_files_present(root):
-            _warn_unverified_cifar(str(root / CIFAR10.base_folder))
+        try:
+            ds = CIFAR10(str(root), train=train, download=False)
+        except RuntimeError:  # the md5 check failed: the offline copy, or corrupt files
+            _warn_unverified_cifar(str(folder))
             _UNVERIFIED_CIFAR.add(Path(root).resolve())
             ds = _UnverifiedCIFAR10(str(root), train=train, download=False)
-        else:
-            ds = _try_download(CIFAR10, root, train)
-            if isinstance(ds, Exception):
-                raise UserError(
-                    f"CIFAR-10 not found: looked for {root / CIFAR10.base_folder} and the download failed "
-                    f"({type(ds).__name__}). Offline, build a copy with "
-                    f"`python ../shared/datasets/build_cifar10.py {root}` or pass --data_root / BAYESTDA_DATA_ROOT"
-                ) from None
+    except Exception as exc:
+        names = [n for n, _ in (CIFAR10.train_list if train else CIFAR10.test_list)] + [CIFAR10.meta["filename"]]
+        exc.filename = next((n for n in names if not _unpickles(folder / n)), None)
+        fix = f"rebuild them with `python ../shared/datasets/build_cifar10.py {root}` (offline) or delete them to download"
+        raise _unreadable("CIFAR-10", folder, exc, fix) from None
     return np.asarray(ds.data), np.asarray(ds.targets)
+
+
+def _unpickles(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            pickle.load(f, encoding="latin1")
+        return True
+    except Exception:
+        return False
 
 
 @lru_cache(maxsize=4)

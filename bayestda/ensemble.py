@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, families
+from . import __version__, families, hints
 from .checkpoints import save_checkpoint, seed_is_complete
 from .cli import resolve_device
 from .data import Subset, get_task, load_subset
@@ -91,6 +91,8 @@ def train_seed(spec: EnsembleSpec, seed: int, train_data: Subset, test_data: Sub
     cfg = spec.train_config
     remove_stale_temp_files(seed_dir)
     metrics_file(seed_dir).unlink(missing_ok=True)  # a rerun with --overwrite is unfinished until the end
+    for old in seed_dir.glob("ckpt_epoch_*.pt"):  # no checkpoint of an earlier run stays beside the new ones
+        old.unlink()
     model = families.init(config).to(device)
     optimizer = make_optimizer(model, cfg)
     orders = batch_orders(len(train_data), cfg.epochs, config["batch_seed"])
@@ -142,9 +144,9 @@ def train_ensemble(
     return {seed: results[seed] for seed in seeds}
 
 
-def train_command(model: str, task: str, num_per_class: int) -> str:
+def train_command(model: str, task: str, num_per_class: int, *extra: str) -> str:
     """The step-1 command that trains the seeds of a model name such as `cnn3-deinit` or `vit`."""
-    return " ".join(["python", *families.of_model(model).train_argv(model, task, num_per_class)])
+    return hints.command(families.of_model(model).train_argv(model, task, num_per_class), *extra)
 
 
 def add_training_args(p) -> None:

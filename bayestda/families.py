@@ -22,6 +22,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from . import hints
 from .data import task_argv
 from .errors import UserError
 from .func import CHUNK, HVP_CHUNK
@@ -111,7 +112,7 @@ def check_config(config: dict, source: str, then: str = "") -> None:
     fam = of_config(config)
     if why := fam.refuse(config):
         argv = fam.train_argv(config["model"], config["task"], config["num_per_class"])
-        raise UserError(f"{source}: {why}: python {' '.join(argv)} --overwrite{then}")
+        raise UserError(f"{source}: {why}: {hints.command(argv, '--overwrite')}{then}")
 
 
 def model_names() -> list[str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()  # read once, at import, before any thread could create a file in between
+TMP_SUFFIX = ".tmp"
+_HOST = socket.gethostname().replace(".", "_").replace("~", "_")
+OTHER_HOST_STALE_S = 3600  # a temp file lives for seconds; one of another host this old is a killed writer's
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -28,7 +33,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     collaborators on a shared cluster could not read)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}~{os.getpid()}.", suffix=TMP_SUFFIX)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
@@ -54,11 +59,47 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
-def remove_stale_temp_files(folder: Path) -> None:
-    """Delete temp files left by a writer that was killed (SIGKILL skips the cleanup above)."""
-    if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
+def _writer_of(tmp: Path) -> tuple[str, int] | None:
+    """(host, pid) of the process that made a temp file, from its name (`.<name>.<host>~<pid>.<random>.tmp`)."""
+    parts = tmp.name.split(".")
+    if len(parts) < 4 or "~" not in parts[-3]:
+        return None
+    host, _, pid = parts[-3].rpartition("~")
+    return (host, int(pid)) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Delete the temp files of writers that were killed (SIGKILL skips the cleanup above); returns them.
+
+    A temp file's name says which process on which host is writing it. One of this host is stale when that
+    process is gone; one of another host (a shared file system) when it is older than `OTHER_HOST_STALE_S`.
+    A live writer's temp file is never touched."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(f".*{TMP_SUFFIX}"):
+        writer = _writer_of(tmp)
+        if writer is None:
+            continue  # not ours
+        host, pid = writer
+        try:
+            stale = not _alive(pid) if host == _HOST else time.time() - tmp.stat().st_mtime > OTHER_HOST_STALE_S
+        except FileNotFoundError:  # its writer just renamed or removed it
+            continue
+        if stale:
             tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_csv(frame, path: Path, float_format: str = "%.7g") -> None:

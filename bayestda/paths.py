@@ -76,6 +76,16 @@ def seed_model_dir(out_root: Path, model: str, task: str, num_per_class: int, se
     return out_root / "models" / model / f"{task}_{num_per_class}pc" / str(seed)
 
 
+def parse_seed_dir(seed_dir: Path) -> tuple[str, str, int, int] | None:
+    """`.../models/cnn3/mnist3_50pc/7` -> ("cnn3", "mnist3", 50, 7); None for a folder outside the layout."""
+    seed_dir = Path(seed_dir)
+    model, run, seed = seed_dir.parent.parent.name, seed_dir.parent.name, seed_dir.name
+    task, _, n = run.rpartition("_")
+    if seed_dir.parent.parent.parent.name != "models" or not (seed.isdigit() and n.endswith("pc") and n[:-2].isdigit()):
+        return None
+    return model, task, int(n[:-2]), int(seed)
+
+
 def checkpoint_file(seed_dir: Path, epoch: int) -> Path:
     """Weights after `epoch` epochs (1-based: ckpt_epoch_15.pt is the model after 15 epochs)."""
     return seed_dir / f"ckpt_epoch_{epoch}.pt"

@@ -49,32 +49,45 @@ def save_scores(
     atomic_torch_save(record, path)
 
 
-def load_scores(path: Path) -> dict:
-    """A validated score file; a UserError names the file and what is wrong with it."""
+def load_scores(path: Path, remake: str = "the step-2 command that made it, with --overwrite") -> dict:
+    """A score file checked for its own consistency; a UserError names the file, what is wrong with it and
+    `remake` (the command that writes it again). `statistics.check_score_files` checks it against an experiment."""
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"score file {path} does not exist") from None
+        raise UserError(f"score file {path} does not exist; make it with: {remake}") from None
     except Exception as exc:
+        raise UserError(f"score file {path} cannot be read ({type(exc).__name__}; truncated or corrupt); "
+                        f"recompute it with: {remake}") from None  # fmt: skip
+    if not isinstance(record, dict):
+        raise UserError(f"score file {path} holds a {type(record).__name__}, not a score-file dict "
+                        f"(../shared/DESIGN.md); recompute it with: {remake}")  # fmt: skip
+    if missing := [k for k in KEYS if k not in record]:
+        raise UserError(f"score file {path} lacks {', '.join(missing)}; recompute it with: {remake}")
+    s, train_idx, test_idx = record["scores"], record["train_idx"], record["test_idx"]
+    for key in ("train_idx", "test_idx"):
+        v = record[key]
+        if not (isinstance(v, torch.Tensor) and v.ndim == 1 and not v.is_floating_point()):
+            raise UserError(f"score file {path}: {key} must be a 1-D integer tensor, not {type(v).__name__} "
+                            f"(an older format); recompute it with: {remake}")  # fmt: skip
+    if not isinstance(s, torch.Tensor) or not isinstance(record["ckpt_epochs"], list):
         raise UserError(
-            f"score file {path} cannot be read ({type(exc).__name__}: {exc}); recompute it with --overwrite"
-        ) from None
-    missing = [k for k in KEYS if k not in record]
-    if missing:
-        raise UserError(f"score file {path} lacks {', '.join(missing)}; recompute it with --overwrite")
-    s = record["scores"]
-    expected = (len(record["ckpt_epochs"]), len(record["train_idx"]), len(record["test_idx"]))
-    if s.ndim != 3 or tuple(s.shape) != expected:
-        raise UserError(
-            f"score file {path}: scores have shape {tuple(s.shape)}, expected ckpts × train × test = {expected}"
+            f"score file {path}: scores must be a tensor and ckpt_epochs a list; recompute it with: {remake}"
         )
+    expected = (len(record["ckpt_epochs"]), len(train_idx), len(test_idx))
+    if s.ndim != 3 or tuple(s.shape) != expected:
+        raise UserError(f"score file {path}: scores have shape {tuple(s.shape)}, expected ckpts × train × test = "
+                        f"{expected}; recompute it with: {remake}")  # fmt: skip
     bad = int((~torch.isfinite(s)).sum())
     if bad:
-        raise UserError(
-            f"score file {path} has {bad} NaN/inf scores; recompute it with --overwrite and check the method's settings"
-        )
+        raise UserError(f"score file {path} has {bad} NaN/inf scores; check the method's settings and recompute it "
+                        f"with: {remake}")  # fmt: skip
+    if not isinstance(record["config"], dict):
+        raise UserError(f"score file {path}: config must be a dict; recompute it with: {remake}")
     if ckpt_config := record["config"].get("checkpoint_config"):
-        families.check_config(ckpt_config, f"score file {path}", then=", then recompute the scores with --overwrite")
+        families.check_config(ckpt_config, f"score file {path}", then=f", then recompute the scores with: {remake}")
     if record["sign"] not in (-1, 1):
-        raise UserError(f"score file {path}: sign must be +1 or -1, got {record['sign']!r}")
+        raise UserError(
+            f"score file {path}: sign must be +1 or -1, got {record['sign']!r}; recompute it with: {remake}"
+        )
     return record

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,11 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from .checkpoints import read_metrics
 from .data import get_task
 from .errors import UserError
 from .methods.registry import score_command
-from .paths import experiment_name, read_seeds, results_dir, score_file
+from .paths import experiment_name, read_seeds, results_dir, score_file, seed_model_dir
 from .scores import load_scores
 
 P_TYPES = ("paper", "t")
@@ -148,6 +150,66 @@ def parse_experiment_name(name: str) -> tuple[str, str, int]:
     return parts[0], parts[1], int(parts[2][:-2])
 
 
+def remake(model: str, method: str, task: str, num_per_class: int, seed: int) -> str:
+    """The step-2 command that writes one seed's score file again."""
+    seed_id = str(read_seeds().index(seed))
+    return score_command(model, method, task, num_per_class, "--seed_id", seed_id, "--overwrite")
+
+
+SEED_KEYS = ("seed", "init_seed", "batch_seed")  # what differs between the seeds of one ensemble
+
+
+def _run_of(record: dict) -> str:
+    """What must be the same in every score file of an experiment: the checkpoints' epochs and the training
+    settings of their run, apart from its seed."""
+    config = {k: v for k, v in record["config"]["checkpoint_config"].items() if k not in SEED_KEYS}
+    return json.dumps({"ckpt_epochs": record["ckpt_epochs"], "run": config}, sort_keys=True)
+
+
+def check_score_files(records: dict, paths: dict, model: str, task: str, num_per_class: int, out_root: Path) -> None:
+    """Refuse a score file that is not of this experiment: another method, seed, model (architecture and posterior
+    mode included), task or n; scored on other checkpoints (epochs, run length, settings) than most of the others;
+    on other train/test indices; or made from a run that has since been retrained."""
+    name = experiment_name(model, task, num_per_class)
+    first = next(r for by_seed in records.values() for r in by_seed.values())
+    runs = Counter(_run_of(r) for by_seed in records.values() for r in by_seed.values() if _has_ckpt_config(r))
+    usual = json.loads(runs.most_common(1)[0][0]) if runs else None
+    for m, by_seed in records.items():
+        for s, rec in by_seed.items():
+            fix = f"recompute it with: {remake(model, m, task, num_per_class, s)}"
+            where = f"score file {paths[m][s]}"
+            if not _has_ckpt_config(rec):
+                raise UserError(f"{where} does not say which checkpoints it scored (no checkpoint_config), so it "
+                                f"is not from this package's step 2; {fix}")  # fmt: skip
+            cc = rec["config"]["checkpoint_config"]
+            want = {"method": m, "seed": s, "model": model, "task": task, "num_per_class": num_per_class}
+            got = {"method": rec["method"], "seed": rec["seed"], **{k: cc.get(k) for k in list(want)[2:]}}
+            want["trained seed"], got["trained seed"] = s, cc.get("seed")
+            if diff := [f"{k} {got[k]!r}, not {want[k]!r}" for k in want if got[k] != want[k]]:
+                raise UserError(f"{where} is not of {name} {m} seed {s} ({'; '.join(diff)}); {fix}")
+            if not (
+                torch.equal(rec["train_idx"], first["train_idx"]) and torch.equal(rec["test_idx"], first["test_idx"])
+            ):
+                raise UserError(f"{where} scores other train/test indices (or order) than the others; {fix}")
+            if (run := json.loads(_run_of(rec))) != usual:
+                if run["ckpt_epochs"] != usual["ckpt_epochs"]:
+                    what = f"the checkpoints of epochs {run['ckpt_epochs']}"
+                else:
+                    keys = run["run"].keys() | usual["run"].keys()
+                    differ = sorted(k for k in keys if run["run"].get(k) != usual["run"].get(k))
+                    what = f"checkpoints of a run trained with other settings ({', '.join(differ)} differ)"
+                n = sum(runs.values())
+                raise UserError(f"{where} scored {what}, unlike {runs.most_common(1)[0][1]} of the {n} score files "
+                                f"(epochs {usual['ckpt_epochs']}); {fix}")  # fmt: skip
+            metrics = read_metrics(seed_model_dir(out_root, model, task, num_per_class, s))
+            if metrics is not None and metrics["config"] != cc:
+                raise UserError(f"{where} scored an earlier training run of seed {s}, which was retrained since; {fix}")
+
+
+def _has_ckpt_config(record: dict) -> bool:
+    return isinstance(record["config"].get("checkpoint_config"), dict)
+
+
 def load_experiment(
     model: str,
     task: str,
@@ -177,29 +239,17 @@ def load_experiment(
     if len(seeds) < 2:
         raise UserError(f"{len(seeds)} seed(s) available, but σ and p-values need at least 2 seeds per pair")
 
-    first = None
-    signs, configs, per_seed = {}, {}, {m: [] for m in methods}
-    for m in methods:
-        for s in seeds:
-            rec = load_scores(path[m][s])
-            if rec["method"] != m or rec["seed"] != s:
-                raise UserError(
-                    f"{path[m][s]} holds method {rec['method']!r}, seed {rec['seed']} (expected {m!r}, {s})"
-                )
-            if first is None:
-                first = (path[m][s], rec["train_idx"], rec["test_idx"])
-            elif not (torch.equal(rec["train_idx"], first[1]) and torch.equal(rec["test_idx"], first[2])):
-                raise UserError(
-                    f"{path[m][s]} scores other train/test indices (or order) than {first[0]}; "
-                    "all methods and seeds must share one subset: recompute the odd one with --overwrite"
-                )
-            per_seed[m].append(rec["scores"].numpy())
-            signs[m], configs[m] = rec["sign"], rec["config"]
-    n_ckpts = min(a.shape[0] for arrays in per_seed.values() for a in arrays)
-    stacked = {m: np.stack([a[-n_ckpts:] for a in arrays]) for m, arrays in per_seed.items()}
+    records = {
+        m: {s: load_scores(path[m][s], remake(model, m, task, num_per_class, s)) for s in seeds} for m in methods
+    }
+    check_score_files(records, path, model, task, num_per_class, out_root)
+    first = records[methods[0]][seeds[0]]
+    signs = {m: records[m][seeds[0]]["sign"] for m in methods}
+    configs = {m: records[m][seeds[0]]["config"] for m in methods}
+    stacked = {m: np.stack([records[m][s]["scores"].numpy() for s in seeds]) for m in methods}
     return Experiment(
         model, task, num_per_class, out_root, list(methods), seeds,
-        first[1].numpy(), first[2].numpy(), n_ckpts, stacked, signs, configs,
+        first["train_idx"].numpy(), first["test_idx"].numpy(), len(first["ckpt_epochs"]), stacked, signs, configs,
     )  # fmt: skip
 
 

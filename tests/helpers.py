@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 
@@ -61,3 +62,41 @@ def features_to_dense(featurizer, feats) -> torch.Tensor:
         if has_bias:
             blocks[f"{name}.bias"] = outer[:, :, -1]
     return torch.cat([blocks[k] for k in featurizer.fm.params], 1)
+
+
+SEEDS = list(range(10))  # seeds.txt
+
+
+def run_config(model="cnn", seed=0, epochs=15, task="mnist3", n=10, **changes) -> dict:
+    """A checkpoint config as step 1 records it (the parts score-file checks read)."""
+    return {"family": "cnn", "model": model, "arch": "cnn2", "task": task, "num_per_class": n, "seed": seed,
+            "posterior": "de", "init_seed": seed, "batch_seed": seed, "epochs": epochs, "lr": 1e-3, **changes}  # fmt: skip
+
+
+def write_synthetic(
+    out_root,
+    methods=("loo-paper", "ats", "if-paper", "gd", "gc"),
+    seeds=SEEDS,
+    n_train=6,
+    n_test=4,
+    n_ckpts=5,
+    rng_seed=0,
+    model="cnn",
+):
+    """Score files whose τ = signal(pair) + seed noise + checkpoint noise, of a 15-epoch run."""
+    from bayestda.paths import score_file
+    from bayestda.scores import save_scores
+
+    rng = np.random.default_rng(rng_seed)
+    train_idx, test_idx = np.arange(100, 100 + n_train), np.arange(7, 7 + n_test) * 3
+    signal = rng.normal(size=(n_train, n_test))
+    for i, m in enumerate(methods):
+        for s in seeds:
+            tau = (
+                (i + 1) * signal
+                + rng.normal(size=(n_train, n_test))
+                + 0.1 * rng.normal(size=(n_ckpts, n_train, n_test))
+            )
+            save_scores(score_file(out_root, model, m, "mnist3", 10, s), torch.tensor(tau), train_idx, test_idx,
+                        list(range(16 - n_ckpts, 16)), s, m, {"checkpoint_config": run_config(model, s)})  # fmt: skip
+    return train_idx, test_idx

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import SEEDS, write_synthetic
 from scipy import stats
 
 from bayestda import statistics as st
@@ -14,28 +15,6 @@ from bayestda.correlations import correlation_tables, pearson_matrix, spearman_m
 from bayestda.errors import UserError
 from bayestda.methods.registry import PAPER_METHODS
 from bayestda.paths import score_file
-from bayestda.scores import save_scores
-
-SEEDS = list(range(10))
-
-
-def write_synthetic(
-    out_root, methods=PAPER_METHODS, seeds=SEEDS, n_train=6, n_test=4, n_ckpts=5, rng_seed=0, model="cnn"
-):
-    """Score files whose τ = signal(pair) + seed noise + checkpoint noise."""
-    rng = np.random.default_rng(rng_seed)
-    train_idx, test_idx = np.arange(100, 100 + n_train), np.arange(7, 7 + n_test) * 3
-    signal = rng.normal(size=(n_train, n_test))
-    for i, m in enumerate(methods):
-        for s in seeds:
-            tau = (
-                (i + 1) * signal
-                + rng.normal(size=(n_train, n_test))
-                + 0.1 * rng.normal(size=(n_ckpts, n_train, n_test))
-            )
-            save_scores(score_file(out_root, model, m, "mnist3", 10, s), torch.tensor(tau), train_idx, test_idx,
-                        list(range(11, 11 + n_ckpts)), s, m, {"synthetic": True})  # fmt: skip
-    return train_idx, test_idx
 
 
 def known_mu_sigma(mu, sigma, n_seeds=10, rng_seed=1):

@@ -19,6 +19,8 @@ which equals separate retrains up to float rounding.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -30,6 +32,7 @@ from .. import families
 from ..allocator import retain_freed_memory
 from ..cli import available_cores
 from ..data import Subset
+from ..lifeline import die_with_parent
 from ..options import option
 from ..stacking import ModelStack
 from ..training import TrainConfig, batch_orders, evaluate, make_optimizer, train
@@ -149,8 +152,9 @@ def run_stacked_retrains(ctx: RetrainContext, jobs: list[Retrain]) -> list[torch
 _WORKER_CTX: RetrainContext | None = None
 
 
-def _init_worker(ctx: RetrainContext) -> None:
+def _init_worker(ctx: RetrainContext, parent_pid: int) -> None:
     global _WORKER_CTX
+    die_with_parent(parent_pid)  # no orphan keeps retraining if the step is killed
     torch.set_num_threads(1)
     retain_freed_memory()  # a worker is a fresh process: without it every step faults in new pages
     _WORKER_CTX = ctx
@@ -192,15 +196,21 @@ def run_retrains(
             torch.set_num_threads(threads)
             bar.close()
         return out
-    with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(ctx,)
-    ) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(ctx, os.getpid()))  # fmt: skip
+    try:
         out = []
         # One job at a time: chunks of several retrains left one worker idle at the end.
         for result in pool.map(_worker_retrain, jobs, chunksize=1):
             out.append(result)
             bar.update()
-    bar.close()
+    except BaseException:  # Ctrl-C, SIGTERM: stop the workers now, not after the retrains already queued
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     return out
 
 

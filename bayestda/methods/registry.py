@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import families
+from .. import families, hints
 from ..data import task_argv
 from ..errors import UserError
 from ..options import check, option
@@ -177,5 +177,6 @@ def score_argv(model: str, score_name: str, task: str, num_per_class: int) -> li
     return [argv[0], "--model", model, *task_argv(task), "--num_per_class", str(num_per_class), *argv[1:]]
 
 
-def score_command(model: str, score_name: str, task: str, num_per_class: int) -> str:
-    return " ".join(["python", *score_argv(model, score_name, task, num_per_class)])
+def score_command(model: str, score_name: str, task: str, num_per_class: int, *extra: str) -> str:
+    """The step-2 command that writes a method's score files, runnable as written (`hints`)."""
+    return hints.command(score_argv(model, score_name, task, num_per_class), *extra)

@@ -23,6 +23,7 @@ from .. import __version__, families
 from ..data import Subset
 from ..errors import UserError
 from ..func import FunctionalModel
+from ..io import remove_stale_temp_files
 from ..paths import score_file
 from ..scores import save_scores
 from . import registry
@@ -100,6 +101,7 @@ def run_method(score_name: str, model: str, task: str, num_per_class: int, seeds
     desc = f"{score_name} {model} {task} {num_per_class}pc"
     for seed in tqdm(seeds, desc=desc, unit="seed", disable=len(seeds) < 2):
         path = score_file(out_root, model, score_name, task, num_per_class, seed)
+        remove_stale_temp_files(path.parent)
         if path.exists() and not overwrite:
             done[seed] = None
             continue

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import families
-from ..checkpoints import read_checkpoint, seed_checkpoints
+from ..checkpoints import read_run, retrain_command
 from ..data import Subset, load_subset
 from ..ensemble import indices_digest, train_command
 from ..errors import UserError
@@ -45,13 +45,12 @@ def load_seed_samples(
 ) -> SeedSamples:
     seed_dir = seed_model_dir(out_root, model, task, num_per_class, seed)
     train_cmd = train_command(model, task, num_per_class)
-    paths = seed_checkpoints(seed_dir, train_cmd)
-    checkpoints = [read_checkpoint(p) for p in paths]
-    for path, ckpt in zip(paths, checkpoints, strict=True):
-        cfg = ckpt["config"]
-        if (cfg["model"], cfg["task"], cfg["num_per_class"], cfg["seed"]) != (model, task, num_per_class, seed):
-            raise UserError(f"{path} was trained as {cfg['model']} {cfg['task']} {cfg['num_per_class']}pc seed {cfg['seed']}, "
-                            f"not {model} {task} {num_per_class}pc seed {seed}; retrain it with --overwrite")  # fmt: skip
+    checkpoints = read_run(seed_dir, train_cmd)
+    cfg = checkpoints[0]["config"]
+    if (cfg["model"], cfg["task"], cfg["num_per_class"], cfg["seed"]) != (model, task, num_per_class, seed):
+        raise UserError(f"{seed_dir} holds a run trained as {cfg['model']} {cfg['task']} {cfg['num_per_class']}pc seed "
+                        f"{cfg['seed']}, not {model} {task} {num_per_class}pc seed {seed}; retrain it with: "
+                        f"{retrain_command(seed_dir)}")  # fmt: skip
     pixels = families.of_config(checkpoints[0]["config"]).raw_pixels
     train = load_subset(task, "train", num_per_class, data_root, out_root, pixels)
     if indices_digest(train.idx) != checkpoints[0]["config"]["train_idx_sha1"]:

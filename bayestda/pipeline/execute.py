@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 from ..cli import USER_ERROR_EXIT, available_cores
 from ..errors import UserError
 from ..io import atomic_write_json
+from ..lifeline import PARENT_PID_ENV
 from ..paths import REPO_ROOT
 from .graph import Task, pending
 from .warm import available as warm_available
-from .warm import start_warm
+from .warm import start_server, start_warm
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -102,9 +103,8 @@ def run_logged(
             process = start_warm(argv, env, str(log_path), cwd)
             wait_for = process.join
         else:  # process_group=0: the task leads its own group, as a warm one does
-            process = subprocess.Popen(
-                command, cwd=cwd, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT, process_group=0
-            )
+            env = {**os.environ, **env, PARENT_PID_ENV: str(os.getpid())}  # it ends if this process is killed
+            process = subprocess.Popen(command, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, process_group=0)
             wait_for = process.wait
         LIVE_TASKS.add(process.pid)
         try:
@@ -135,6 +135,8 @@ class LocalExecutor:
     def __init__(self, gpus: list[str], jobs: int, cores: int | None = None, cold: bool = False):
         cores = cores or available_cores()
         self.warm = not cold and warm_available()
+        if self.warm:
+            start_server()
         self.gpus = gpus
         n_slots = len(gpus) if gpus else jobs
         self.threads = max(1, cores // n_slots)

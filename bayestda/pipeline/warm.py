@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import runpy
 import sys
 import traceback
 from pathlib import Path
 
+from ..lifeline import die_with_parent
+
 # What every CNN step imports; the ViT steps import transformers and peft themselves (small next to their work).
 PRELOAD = (
+    "bayestda.pipeline.server_lifeline",
     "torch",
     "torchvision",
     "bayestda.methods.cli",
@@ -54,6 +58,7 @@ def _redirect_output(log: str) -> None:
 def _run_task(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
     """In the forked process: what `python *argv` would do, with `env` added to the environment."""
     os.setpgid(0, 0)  # its own process group, with any workers it starts, so a stopped run can end them all
+    die_with_parent(os.getppid())  # the server ends with the runner (EOF on its pipe), and the task with the server
     _redirect_output(log)
     os.environ.update(env)  # before anything reads them: CUDA_VISIBLE_DEVICES is read when CUDA starts
     os.chdir(cwd)
@@ -77,6 +82,12 @@ def _run_task(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def start_server() -> None:
+    """Start the server now, from this (the main) thread: it gets SIGTERM when the thread that started it ends."""
+    _context()
+    multiprocessing.forkserver.ensure_running()
 
 
 def start_warm(argv: list[str], env: dict[str, str], log: str, cwd: str):
