@@ -8,6 +8,7 @@ mean_p_values.csv, mean_p_values_t.csv, summary.csv and figures/.
 
 from bayestda.analysis import write_pvalues
 from bayestda.cli import run
+from bayestda.report import console_summary
 from bayestda.stats_cli import experiment_from_args, parser
 
 
@@ -22,6 +23,7 @@ def main():
     print(
         f"{exp.name}: " + (f"results written to {out}" if out else "results up to date, skipped (--overwrite to redo)")
     )
+    print(console_summary(exp.results_dir))
 
 
 if __name__ == "__main__":

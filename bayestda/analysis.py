@@ -1,21 +1,27 @@
 """Steps 3 and 4: write the p-value and correlation results of one experiment under results/<experiment>/.
 
-Each step writes a manifest last, holding a digest of its input score files. A rerun on unchanged
-inputs is skipped unless `overwrite`.
+Each step writes a manifest last, holding its methods, seeds, k and a digest of its input score files. A
+rerun on unchanged inputs is skipped unless `overwrite`. The tables combine methods, so results are never
+silently replaced by those of fewer methods or seeds (that needs `overwrite`), and step 4 only runs on the
+same methods, seeds and score files as step 3's results beside it. Both steps end by regenerating the
+folder's README.md (`report.write_results_page`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import __version__, plots
+from . import __version__, hints, plots
 from .correlations import correlation_tables
 from .errors import UserError
 from .io import atomic_write_csv, atomic_write_json, remove_stale_temp_files
+from .paths import read_seeds
+from .report import write_results_page
 from .statistics import P_TYPES, Experiment, pair_frame, pair_stats, summary_rows
 
 PVALUES_MANIFEST = "pvalues_manifest.json"  # written last by step 3: its presence marks finished results
@@ -23,7 +29,7 @@ CORRELATIONS_MANIFEST = "correlations_manifest.json"  # the same for step 4
 
 
 def _up_to_date(manifest: Path, inputs: dict) -> bool:
-    return manifest.is_file() and json.loads(manifest.read_text()).get("inputs") == inputs
+    return (recorded := read_manifest(manifest)) is not None and recorded["inputs"] == inputs
 
 
 def _inputs(exp: Experiment, **extra) -> dict:
@@ -41,6 +47,34 @@ def check_num_ckpts(flag: str, k: int | None, exp: Experiment) -> int:
     return k
 
 
+def read_manifest(path: Path) -> dict | None:
+    """A step's manifest, or None if the step has not finished; a one-line error if it is unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not all(isinstance(manifest["inputs"][key], list) for key in ("methods", "seeds")):
+            raise TypeError("methods and seeds must be lists")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); rerun its step with --overwrite") from None
+    return manifest
+
+
+def _refuse_replacing_more(manifest: Path, exp: Experiment, step: str) -> None:
+    """Results of methods or seeds this run lacks are not replaced without --overwrite."""
+    old = read_manifest(manifest)
+    if old is None:
+        return
+    methods, seeds = old["inputs"]["methods"], old["inputs"]["seeds"]
+    if set(methods) <= set(exp.methods) and set(seeds) <= set(exp.seeds):
+        return
+    lost = [m for m in methods if m not in exp.methods] + [f"seed {s}" for s in seeds if s not in exp.seeds]
+    raise UserError(f"{exp.results_dir} holds {step} results of methods {','.join(methods)} on seeds "
+                    f"{','.join(map(str, seeds))}; this run would replace them without {', '.join(lost)}: pass "
+                    f"--methods {','.join(dict.fromkeys(methods + exp.methods))} (and every seed), or --overwrite "
+                    "to replace them")  # fmt: skip
+
+
 def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool = False) -> Path | None:
     """Per-pair μ, σ and p-values for every method and k, mean_p_values.csv, summary.csv and figures.
 
@@ -52,7 +86,12 @@ def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool
     inputs = _inputs(exp, num_ckpts=ks)
     if not overwrite and _up_to_date(manifest, inputs):
         return None
+    if not overwrite:
+        _refuse_replacing_more(manifest, exp, "step-3")
     remove_stale_temp_files(out, recursive=True)
+    manifest.unlink(missing_ok=True)  # the folder is unfinished until the end
+    for folder in ("mu", "sigma", "pvalues"):  # nothing of methods or k this run drops stays behind
+        shutil.rmtree(out / folder, ignore_errors=True)
     rows, mean_p = [], {t: pd.DataFrame(index=pd.Index(ks, name="num_ckpts")) for t in P_TYPES}
     last_p = {t: {} for t in P_TYPES}
     for method in tqdm(exp.methods, desc=f"p-values {exp.name}", unit="method"):
@@ -76,6 +115,7 @@ def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool
         plots.p_value_histograms(last_p[t], out / "figures" / f"p_value_hist_{t}_k{ks[-1]}", t)
     atomic_write_csv(pd.DataFrame(rows).set_index(["method", "num_ckpts", "p_type"]), out / "summary.csv", "%.6f")
     atomic_write_json({"inputs": inputs, "score_configs": exp.configs, "bayestda": __version__}, manifest)
+    write_results_page(out)
     return out
 
 
@@ -85,9 +125,14 @@ def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite:
     k = check_num_ckpts("--num_ckpts", num_ckpts, exp)
     manifest = out / CORRELATIONS_MANIFEST
     inputs = _inputs(exp, num_ckpts=k)
+    check_step3_matches(exp, k)
     if not overwrite and _up_to_date(manifest, inputs):
         return None
+    if not overwrite:
+        _refuse_replacing_more(manifest, exp, "step-4")
     remove_stale_temp_files(out, recursive=True)
+    manifest.unlink(missing_ok=True)
+    shutil.rmtree(out / "correlations", ignore_errors=True)
     per_method = {
         m: pair_stats(exp.scores(m), k) for m in tqdm(exp.methods, desc=f"statistics {exp.name}", unit="method")
     }
@@ -98,4 +143,31 @@ def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite:
         title = f"{kind.capitalize()} of {q} ({version} signs), k={k}"
         plots.correlation_heatmap(table, title, out / "figures" / f"corr_{stem}")
     atomic_write_json({"inputs": inputs, "signs": exp.signs, "bayestda": __version__}, manifest)
+    write_results_page(out)
     return out
+
+
+def check_step3_matches(exp: Experiment, k: int) -> None:
+    """Step 4 reads the same methods, seeds and score files as step 3's results beside it, at a k step 3 made."""
+    step3 = read_manifest(exp.results_dir / PVALUES_MANIFEST)
+    rerun = stats_command("compute_pvalues.py", exp)
+    if step3 is None:
+        raise UserError(f"{exp.results_dir} has no finished step-3 results; make them first with: {rerun}")
+    got = step3["inputs"]
+    if got["methods"] != exp.methods or got["seeds"] != exp.seeds or got.get("score_digest") != exp.input_digest():
+        what = ("methods " + ",".join(got["methods"]) if got["methods"] != exp.methods
+                else "seeds " + ",".join(map(str, got["seeds"])) if got["seeds"] != exp.seeds
+                else "score files that have changed since")  # fmt: skip
+        raise UserError(f"the step-3 results in {exp.results_dir} are of {what}, not of the score files this step "
+                        f"reads; bring them up to date with: {rerun}")  # fmt: skip
+    if k not in got.get("num_ckpts", []):
+        raise UserError(f"--num_ckpts {k}: step 3 made {exp.name} for k = {got.get('num_ckpts')}; use one of those, "
+                        f"or rerun step 3 with a larger --max_ckpts")  # fmt: skip
+
+
+def stats_command(script: str, exp: Experiment, *extra: str) -> str:
+    """The step-3 or step-4 command for this experiment's methods and seeds, runnable as written."""
+    argv = [script, "--experiment", exp.name, "--methods", ",".join(exp.methods)]
+    if exp.seeds != read_seeds():
+        argv += ["--seed_ids", *(str(read_seeds().index(s)) for s in exp.seeds)]
+    return hints.command(argv, *extra, accepts=("out_root",))

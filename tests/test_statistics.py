@@ -113,6 +113,7 @@ def test_pvalues_step_outputs_and_csv_round_trip(tmp_path):
 def test_correlations_step_outputs(tmp_path):
     write_synthetic(tmp_path)
     exp = st.load_experiment("cnn", "mnist3", 10, tmp_path, list(PAPER_METHODS))
+    write_pvalues(exp)
     out = write_correlations(exp)
     table = pd.read_csv(out / "correlations" / "spearman_mu_aligned.csv", index_col=0)
     assert table.index.tolist() == list(PAPER_METHODS) and np.allclose(np.diag(table), 1)
@@ -197,5 +198,86 @@ def test_checkpoint_counts_outside_the_score_files_are_refused_not_clamped(tmp_p
             write_correlations(exp, num_ckpts=k)
     write_pvalues(exp, max_ckpts=3)
     assert sorted(set(pd.read_csv(exp.results_dir / "summary.csv").num_ckpts)) == [1, 2, 3]
+    write_correlations(exp, num_ckpts=3)
     with pytest.raises(UserError, match=r"--num_ckpts 5: step 3 computed cnn_mnist3_10pc for k = 1, 2, 3"):
         experiment_report(tmp_path, "cnn", "mnist3", 10, list(PAPER_METHODS), k=5)
+
+
+def test_results_of_more_methods_or_seeds_are_not_replaced_by_fewer(tmp_path):
+    write_synthetic(tmp_path)
+    full = st.load_experiment("cnn", "mnist3", 10, tmp_path, list(PAPER_METHODS))
+    out = write_pvalues(full)
+    fewer = st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "gc"])
+    with pytest.raises(UserError) as err:
+        write_pvalues(fewer)
+    msg = str(err.value)
+    assert "holds step-3 results of methods loo-paper,ats,if-paper,gd,gc" in msg and "without loo-paper, ats" in msg
+    assert "--overwrite" in msg and "\n" not in msg
+    seeds = st.load_experiment("cnn", "mnist3", 10, tmp_path, list(PAPER_METHODS), seeds=SEEDS[:5])
+    with pytest.raises(UserError, match="without seed 5, seed 6"):
+        write_pvalues(seeds)
+    assert pd.read_csv(out / "mean_p_values.csv", index_col=0).columns.tolist() == list(PAPER_METHODS)  # intact
+    write_pvalues(fewer, overwrite=True)  # asked for: replaced, and nothing of the dropped methods stays
+    assert pd.read_csv(out / "mean_p_values.csv", index_col=0).columns.tolist() == ["gd", "gc"]
+    assert sorted({f.name.split("_k")[0] for f in (out / "mu").iterdir()}) == ["gc", "gd"]
+    assert write_pvalues(full) == out  # more methods: replaces without --overwrite
+
+
+def test_step_4_runs_only_on_step_3_s_methods_seeds_and_scores(tmp_path):
+    write_synthetic(tmp_path)
+    full = st.load_experiment("cnn", "mnist3", 10, tmp_path, list(PAPER_METHODS))
+    with pytest.raises(
+        UserError, match=r"no finished step-3 results; make them first with: python compute_pvalues\.py"
+    ):
+        write_correlations(full)
+    write_pvalues(full, max_ckpts=3)
+    fewer = st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "gc"])
+    with pytest.raises(UserError) as err:
+        write_correlations(fewer)
+    assert "are of methods loo-paper,ats,if-paper,gd,gc" in str(err.value)
+    assert "python compute_pvalues.py --experiment cnn_mnist3_10pc --methods gd,gc" in str(err.value)
+    with pytest.raises(UserError, match="--num_ckpts 5: step 3 made cnn_mnist3_10pc for k = \\[1, 2, 3\\]"):
+        write_correlations(full, num_ckpts=5)
+    write_correlations(full, num_ckpts=3)
+    write_synthetic(tmp_path, rng_seed=7)  # the scores change after step 3
+    changed = st.load_experiment("cnn", "mnist3", 10, tmp_path, list(PAPER_METHODS))
+    with pytest.raises(UserError, match="score files that have changed since"):
+        write_correlations(changed, num_ckpts=3)
+
+
+def test_the_results_page_shows_the_tables_and_every_figure(tmp_path):
+    write_synthetic(tmp_path)
+    exp = st.load_experiment("cnn", "mnist3", 10, tmp_path, list(PAPER_METHODS))
+    out = write_pvalues(exp)
+    page = (out / "README.md").read_text()
+    mean_p = pd.read_csv(out / "mean_p_values.csv", index_col=0)
+    assert f"| gd | {' | '.join(f'{v:.3f}' for v in mean_p['gd'])} |" in page
+    assert "Step 4 has not run" in page
+    write_correlations(exp)
+    page = (out / "README.md").read_text()
+    rho = pd.read_csv(out / "correlations" / "spearman_mu_aligned.csv", index_col=0)
+    assert f"| ats | {' | '.join(f'{v:.2f}' for v in rho.loc['ats'])} |" in page
+    figures = sorted(f.name for f in (out / "figures").glob("*.png"))
+    assert len(figures) > 20 and all(f"](figures/{name})" in page for name in figures)
+    assert page.count("![") == len(figures)
+
+
+def test_the_report_refuses_steps_3_and_4_of_different_inputs(tmp_path):
+    from bayestda.report import check_results_agree
+
+    write_synthetic(tmp_path, methods=["gd", "gc"])
+    two = st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "gc"])
+    write_pvalues(two)
+    with pytest.raises(UserError, match="lacks finished step-4 results"):
+        check_results_agree(tmp_path, "cnn", "mnist3", 10)
+    write_correlations(two)
+    check_results_agree(tmp_path, "cnn", "mnist3", 10)  # agree: no error
+    write_synthetic(tmp_path, methods=["if-paper"])
+    write_pvalues(st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "gc", "if-paper"]))  # step 4 not rerun
+    with pytest.raises(UserError) as err:
+        check_results_agree(tmp_path, "cnn", "mnist3", 10)
+    assert "python compute_correlations.py --experiment cnn_mnist3_10pc --methods gd,gc,if-paper" in str(err.value)
+    write_correlations(st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "gc", "if-paper"]))
+    write_synthetic(tmp_path, methods=["gc"], rng_seed=3)  # new scores after steps 3 and 4
+    with pytest.raises(UserError, match=r"changed after steps 3 and 4 ran; rerun them: python compute_pvalues\.py"):
+        check_results_agree(tmp_path, "cnn", "mnist3", 10)

@@ -6,11 +6,13 @@ import shlex
 import sys
 
 from .. import families
+from ..analysis import PVALUES_MANIFEST
 from ..cli import Parser, add_seed_ids, add_subsets_args, available_cores
 from ..data import TASKS
 from ..errors import UserError
 from ..methods import registry
-from ..paths import DATA_ROOT_ENV, resolve_out_root
+from ..paths import DATA_ROOT_ENV, resolve_out_root, results_dir
+from ..report import console_summary
 from . import slurm
 from .execute import LocalExecutor, RayExecutor, execute, write_report
 from .graph import DEFAULT_METHODS, ExperimentSpec, build_graph, pending, resolve_methods
@@ -144,6 +146,7 @@ def main(doc: str) -> None:
         return
     if not todo:
         print(f"{spec.name}: every task is already done (--overwrite to redo)")
+        _print_results(spec)
         return
     if args.backend == "slurm":
         ids = slurm.submit(todo, spec.name, log_dir, _slurm_options(args))
@@ -165,8 +168,16 @@ def main(doc: str) -> None:
         executor.close()
     write_report(report, log_dir)
     print(report.summary())
+    _print_results(spec)
     if not report.ok:
         sys.exit(1)
+
+
+def _print_results(spec: ExperimentSpec) -> None:
+    """The end of a run that reached step 3: what it found, and where the figures and the report page are."""
+    results = results_dir(spec.out_root, spec.model, spec.task, spec.num_per_class)
+    if (results / PVALUES_MANIFEST).is_file():
+        print(console_summary(results))
 
 
 def _slurm_options(args) -> slurm.SlurmOptions:

@@ -1,6 +1,8 @@
 """The step-2 scripts end to end: trained seeds in, contract-conforming score files out, then step 3 on them."""
 
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -144,3 +146,41 @@ def test_bad_method_flags_are_one_line_errors(capsys, flags, needle):
         _if_options(*flags)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def _suggested_command(stderr: str) -> list[str]:
+    """The command an error message tells the user to run (after its last 'with: '), as argv."""
+    return shlex.split(stderr.strip().rsplit("with: ", 1)[1])
+
+
+def test_hints_run_as_written(scored, data_root, tmp_path):
+    """A seed retrained with another run length: steps 2 and 3 refuse what is stale, and the commands they
+    suggest, run as written (with the user's --out_root), repair it."""
+    out = tmp_path / "out"
+    shutil.copytree(scored[0], out)
+    retrain = run("train_cnn.py", *COMMON, "--epochs", "7", "--seed_id", "1", "--out_root", str(out), "--overwrite",
+                  data_root=data_root)  # fmt: skip
+    assert retrain.returncode == 0, retrain.stderr
+    pvalues = ["compute_pvalues.py", "--experiment", "cnn_mnist3_10pc", "--methods", "gd", "--seed_ids", "0", "1",
+               "--out_root", str(out)]  # fmt: skip
+    stale = run(*pvalues, data_root=data_root)
+    assert stale.returncode == 2 and len(stale.stderr.strip().splitlines()) == 1, stale.stderr
+    assert "earlier training run of seed 1" in stale.stderr
+    hint = _suggested_command(stale.stderr)
+    assert hint[:2] == ["python", "tda_cnn_scripts/gd.py"] and hint[-2:] == ["--out_root", str(out)]
+    fixed = run(*hint[1:], data_root=data_root)  # run from the repository root, as the README says
+    assert fixed.returncode == 0, fixed.stderr
+    mixed = run(*pvalues, data_root=data_root)  # seed 0 scored a 6-epoch run, seed 1 now a 7-epoch one
+    assert mixed.returncode == 2 and "the checkpoints of epochs [3, 4, 5, 6, 7], unlike 1 of the 2" in mixed.stderr
+    retrain_0 = run("train_cnn.py", *COMMON, "--epochs", "7", "--seed_id", "0", "--out_root", str(out), "--overwrite",
+                    data_root=data_root)  # fmt: skip
+    assert retrain_0.returncode == 0
+    stale_0 = run(*pvalues, data_root=data_root)
+    assert run(*_suggested_command(stale_0.stderr)[1:], data_root=data_root).returncode == 0
+    done = run(*pvalues, data_root=data_root)
+    assert done.returncode == 0, done.stderr
+
+    untrained = run("tda_cnn_scripts/gd.py", *COMMON, "--seed_id", "4", "--out_root", str(out), data_root=data_root)
+    hint = _suggested_command(untrained.stderr)
+    assert hint[-2:] == ["--out_root", str(out)]
+    assert run(*hint[1:], "--epochs", "6", "--seed_id", "4", data_root=data_root).returncode == 0

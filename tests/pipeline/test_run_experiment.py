@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -53,7 +54,21 @@ def by_runner(tmp_path_factory, data_root) -> Path:
     proc = experiment(out, data_root, "--jobs", "2", "--gpus", "none")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "8 task(s) finished" in proc.stdout and "0 failed" in proc.stdout
+    _assert_results_summary(proc.stdout, out)
     return out
+
+
+def _assert_results_summary(stdout: str, out: Path) -> None:
+    """The end of a run that reached step 3: mean p per method and k, σ > |μ| share, figures and report."""
+    res = out / "results" / "cnn_mnist3_10pc"
+    mean_p = pd.read_csv(res / "mean_p_values.csv", index_col=0)
+    tail = stdout[stdout.index("mean p-value") :]
+    for method in METHODS:
+        row = next(line.split() for line in tail.splitlines() if line.startswith(method + " "))
+        assert row[1:] == [f"{v:.3f}" for v in mean_p[method]], row
+    assert "share of pairs with σ > |μ| (k=2): " in tail
+    assert f"figures: {res / 'figures'}/" in tail and f"report: {res / 'README.md'}" in tail
+    assert (res / "README.md").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +125,7 @@ def test_rerun_and_dry_run_find_nothing_to_do(by_runner, data_root):
     assert proc.returncode == 0 and "0 task(s) to run, 9 already done" in proc.stdout
     proc = experiment(by_runner, data_root)
     assert proc.returncode == 0 and "every task is already done" in proc.stdout
+    _assert_results_summary(proc.stdout, by_runner)
 
 
 def test_dry_run_lists_only_what_is_missing_and_slurm_scripts_rerun_it(by_runner, by_hand, data_root, tmp_path):
