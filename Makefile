@@ -16,11 +16,13 @@ endif
 
 .PHONY: demo test lint clean-demo
 
-# req-scale.txt (Ray, submitit) is optional for users; the tests of those backends need it.
-$(VENV)/.installed: req.txt req-scale.txt
+# req-scale.txt (Ray, submitit) is optional for users; the tests of those backends need it. The package itself is
+# an editable install, so `from bayestda import load_checkpoint` works from any directory with the venv's python.
+$(VENV)/.installed: req.txt req-scale.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r req.txt -r req-scale.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 $(OFFLINE_DATA)/.ready: $(VENV)/.installed

@@ -6,13 +6,13 @@ heatmaps under figures/. `aligned` flips each method's sign so that "z_j helps z
 """
 
 from bayestda.analysis import write_correlations
-from bayestda.cli import run
+from bayestda.cli import at_least, run
 from bayestda.stats_cli import experiment_from_args, parser
 
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--num_ckpts", type=int, default=None,
+    p.add_argument("--num_ckpts", type=at_least(1), default=None,
                    help="last checkpoints averaged per seed (1..those in the score files; the paper uses 5); "
                    "default: all of them")  # fmt: skip
     args = p.parse_args()

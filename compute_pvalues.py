@@ -7,14 +7,14 @@ mean_p_values.csv, mean_p_values_t.csv, summary.csv and figures/.
 """
 
 from bayestda.analysis import write_pvalues
-from bayestda.cli import run
+from bayestda.cli import at_least, run
 from bayestda.report import console_summary
 from bayestda.stats_cli import experiment_from_args, parser
 
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--max_ckpts", type=int, default=None,
+    p.add_argument("--max_ckpts", type=at_least(1), default=None,
                    help="largest number of last checkpoints averaged per seed (1..those in the score files, the paper's "
                    "5); default: all of them")  # fmt: skip
     args = p.parse_args()

@@ -9,7 +9,7 @@ With --subsets paper nothing is written: the original code's index files are rea
 --paper_subsets_dir, and checked and described (sizes, class counts, warnings) as the later steps will use them.
 """
 
-from bayestda.cli import Parser, add_subsets_args, run
+from bayestda.cli import Parser, add_subsets_args, at_least, run
 from bayestda.data import SUBSET_SIZES, TASKS, check_paper_subsets, get_task, write_subsets
 from bayestda.paths import DATA_ROOT_ENV, resolve_data_root, resolve_out_root
 
@@ -19,7 +19,7 @@ def main():
     p.add_argument("--task", default="all", choices=["all", *sorted(TASKS)], help="which task's subsets")
     p.add_argument(
         "--num_per_class",
-        type=int,
+        type=at_least(1),
         nargs="+",
         help=f"train subset sizes; default {' '.join(map(str, SUBSET_SIZES))} (paper: every file there)",
     )
@@ -28,8 +28,6 @@ def main():
     p.add_argument("--overwrite", action="store_true", help="replace index files that differ from a fresh draw")
     add_subsets_args(p)
     args = p.parse_args()
-    if args.num_per_class is not None and min(args.num_per_class) < 1:
-        p.error("--num_per_class values must be positive")
     tasks = sorted(TASKS) if args.task == "all" else [get_task(args.task).task]
     if args.subsets == "paper":
         for task in tasks:

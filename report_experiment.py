@@ -13,7 +13,7 @@ Examples:
   python report_experiment.py --compare cnn_mnist3_50pc cnn-deinit_mnist3_50pc cnn-debatch_mnist3_50pc
 """
 
-from bayestda.cli import Parser, add_paper_subsets_dir, run
+from bayestda.cli import Parser, add_paper_subsets_dir, at_least, run
 from bayestda.data import load_split
 from bayestda.methods.registry import score_names
 from bayestda.paths import DATA_ROOT_ENV, resolve_data_root, resolve_out_root
@@ -27,7 +27,7 @@ def main():
     which.add_argument("--experiment", help="<model>_<task>_<n>pc, e.g. cnn_mnist3_10pc or cnn_mnist3-paper_10pc")
     which.add_argument("--compare", nargs="+", metavar="EXPERIMENT", help="experiments to set side by side")
     p.add_argument("--methods", default=",".join(score_names()), help="methods to report (those with score files)")
-    p.add_argument("--num_ckpts", type=int, default=5, help="checkpoints per seed for (a), (b) and --compare")
+    p.add_argument("--num_ckpts", type=at_least(1), default=5, help="checkpoints per seed for (a), (b) and --compare")
     p.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/; default: the repository")
     p.add_argument("--data_root", default=None,
                    help=f"folder holding MNIST/raw and cifar-10-batches-py (for the labels in (b)); default ${DATA_ROOT_ENV}, else ./data")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(description=description, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str):
+        message = re.sub(r"^argument (\S+): must be", r"\1 must be", message)  # `at_least`'s: "--epochs must be ..."
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_args(self, args=None, namespace=None):
@@ -46,6 +48,22 @@ class Parser(argparse.ArgumentParser):
         if getattr(ns, "subsets", None) and getattr(ns, "task", None) in TASKS:
             ns.task = task_name(ns.task, ns.subsets)
         return ns
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer no smaller than `low`, else a one-line flag error (never clamped)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {low}"
+    return parse
 
 
 class _ExportDir(argparse.Action):
@@ -76,7 +94,7 @@ def add_common_args(p: argparse.ArgumentParser, *, num_per_class: bool = True, s
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
     add_subsets_args(p)
     if num_per_class:
-        p.add_argument("--num_per_class", type=int, required=True, help="training images per class (10..60)")
+        p.add_argument("--num_per_class", type=at_least(1), required=True, help="training images per class (10..60)")
     if seed_id:
         p.add_argument("--seed_id", type=int, default=None, help="line K (0-based) of seeds.txt; default: every seed")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, families, hints
 from .checkpoints import save_checkpoint, seed_is_complete
-from .cli import resolve_device
+from .cli import at_least, resolve_device
 from .data import Subset, get_task, load_subset
 from .io import atomic_write_json, remove_stale_temp_files
 from .models.vit import DEFAULT_VIT, LoraSpec
@@ -158,13 +158,11 @@ def add_training_args(p) -> None:
         help="de: the seed varies the initialisation and the batch order (paper; ViT: LoRA/classifier init, batch "
         "order and crops); de-init: only the initialisation; de-batch: only the batch order",
     )
-    p.add_argument("--epochs", type=int, default=None, help="epoch budget; default 15 (mnist3) or 30 (cifar10)")
+    p.add_argument("--epochs", type=at_least(1), default=None, help="epoch budget; default 15 (mnist3) or 30 (cifar10)")
 
 
 def train_main(p, args, spec: EnsembleSpec) -> None:
     """What train_cnn.py and finetune_vit.py do once their flags are parsed: train the missing seeds, report."""
-    if spec.epochs is not None and spec.epochs < 1:
-        p.error("--epochs must be at least 1")
     results = train_ensemble(
         spec,
         select_seeds(args.seed_id),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import families
-from .cli import Parser, add_seed_ids, add_subsets_args
+from .cli import Parser, add_seed_ids, add_subsets_args, at_least
 from .data import SUBSETS, TASKS
 from .methods.registry import PAPER_METHODS
 from .paths import read_seeds, resolve_out_root
@@ -21,7 +21,7 @@ def parser(description: str) -> Parser:
                    "cnn-deinit, cnn-debatch, ...")  # fmt: skip
     p.add_argument("--task", default=None, choices=sorted(TASKS), help="the task")
     add_subsets_args(p, with_dir=False)  # the score files carry the images' indices
-    p.add_argument("--num_per_class", type=int, default=None, help="training images per class")
+    p.add_argument("--num_per_class", type=at_least(1), default=None, help="training images per class")
     p.add_argument("--methods", default=",".join(PAPER_METHODS), help="comma-separated methods (score-file names)")
     add_seed_ids(p)
     p.add_argument(

@@ -7,7 +7,7 @@ import sys
 
 from .. import families
 from ..analysis import PVALUES_MANIFEST
-from ..cli import Parser, add_seed_ids, add_subsets_args, available_cores
+from ..cli import Parser, add_seed_ids, add_subsets_args, at_least, available_cores
 from ..data import TASKS
 from ..errors import UserError
 from ..methods import registry
@@ -28,7 +28,7 @@ def parser(doc: str) -> Parser:
     )
     g.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
     add_subsets_args(g)
-    g.add_argument("--num_per_class", type=int, required=True, help="training images per class (10..60)")
+    g.add_argument("--num_per_class", type=at_least(1), required=True, help="training images per class (10..60)")
     with_variants = [m for m in registry.all_methods().values() if m.variant]
     g.add_argument(
         "--methods",
@@ -40,7 +40,9 @@ def parser(doc: str) -> Parser:
         g.add_argument(f"--{m.variant}", default=m.default_variant, choices=m.variants,
                        help=f"{m.label} variant for a bare `{m.name}` in --methods")  # fmt: skip
     add_seed_ids(p, g, "to run")
-    g.add_argument("--epochs", type=int, default=None, help="training epochs; default 15 (mnist3) or 30 (cifar10)")
+    g.add_argument(
+        "--epochs", type=at_least(1), default=None, help="training epochs; default 15 (mnist3) or 30 (cifar10)"
+    )
     g.add_argument(
         "--model_name_or_path",
         default=None,
@@ -57,7 +59,10 @@ def parser(doc: str) -> Parser:
         "--gpus", default="auto", help="local: GPU ids, one task per GPU (0,1,...); auto: every visible GPU; none: CPU"
     )
     r.add_argument(
-        "--jobs", type=int, default=None, help="local, on CPU: tasks at once, sharing the cores; default min(cores, 8)"
+        "--jobs",
+        type=at_least(1),
+        default=None,
+        help="local, on CPU: tasks at once, sharing the cores; default min(cores, 8)",
     )
     r.add_argument(
         "--cold_start",
@@ -65,7 +70,7 @@ def parser(doc: str) -> Parser:
         help="local: start each task as a fresh `python script.py`; by default tasks are forked from a process "
         "that has imported torch once (saves the imports of every task)",
     )
-    r.add_argument("--retries", type=int, default=1, help="times a failed task is retried before the run stops")
+    r.add_argument("--retries", type=at_least(0), default=1, help="times a failed task is retried before the run stops")
     r.add_argument("--keep_going", action="store_true", help="after a failure, go on with tasks that do not need it")
     r.add_argument(
         "--dry_run", action="store_true", help="list the tasks still to run (slurm: write sbatch scripts), run nothing"
@@ -74,9 +79,9 @@ def parser(doc: str) -> Parser:
 
     s = p.add_argument_group("slurm")
     s.add_argument("--slurm_partition", default=None, help="partition for every job")
-    s.add_argument("--slurm_time", type=int, default=240, help="time limit of one array element, minutes")
-    s.add_argument("--slurm_cpus", type=int, default=4, help="CPUs per array element")
-    s.add_argument("--slurm_gpus", type=int, default=1, help="GPUs per training/TDA element; 0 for CPU-only")
+    s.add_argument("--slurm_time", type=at_least(1), default=240, help="time limit of one array element, minutes")
+    s.add_argument("--slurm_cpus", type=at_least(1), default=4, help="CPUs per array element")
+    s.add_argument("--slurm_gpus", type=at_least(0), default=1, help="GPUs per training/TDA element; 0 for CPU-only")
     s.add_argument(
         "--slurm_extra", action="append", default=[], help="extra #SBATCH option, e.g. --slurm_extra=--account=abc"
     )
@@ -104,8 +109,6 @@ def _gpus(flag: str) -> list[str]:
 
 
 def spec_from_args(p: Parser, args) -> ExperimentSpec:
-    if args.epochs is not None and args.epochs < 1:
-        p.error("--epochs must be at least 1")
     family = families.of_model(args.model)
     family_flags = {"--model_name_or_path": args.model_name_or_path, "--precision": args.precision}
     given = {flag: value for flag, value in family_flags.items() if value is not None}
@@ -127,10 +130,6 @@ def spec_from_args(p: Parser, args) -> ExperimentSpec:
 def main(doc: str) -> None:
     p = parser(doc)
     args = p.parse_args()
-    if args.retries < 0:
-        p.error("--retries must be 0 or more")
-    if args.jobs is not None and args.jobs < 1:
-        p.error("--jobs must be at least 1")
     spec = spec_from_args(p, args)
     tasks = build_graph(spec)
     todo = pending(tasks)

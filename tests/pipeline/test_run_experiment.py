@@ -181,6 +181,11 @@ def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
         (["--model_name_or_path", "/x"], "are for --model vit"),
         (["--gpus", "a,b"], "give GPU ids"),
         (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--num_per_class", "-3"], "--num_per_class must be at least 1, got -3"),
+        (["--retries", "-1"], "--retries must be at least 0, got -1"),
+        (["--backend", "slurm", "--slurm_cpus", "0"], "--slurm_cpus must be at least 1, got 0"),
+        (["--backend", "slurm", "--slurm_time", "0"], "--slurm_time must be at least 1, got 0"),
+        (["--epochs", "x"], "--epochs must be an integer, got 'x'"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys, extra, message):
