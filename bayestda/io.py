@@ -1,4 +1,9 @@
-"""Atomic writes: a reader never sees a half-written artifact, even if the writer is killed."""
+"""Atomic writes: a reader never sees a half-written artifact, even if the writer is killed.
+
+A write goes to a temp file beside the target, named `.<name>.<host>~<pid>.<random>.tmp`, and is renamed over
+the target when complete. A writer killed by SIGKILL leaves its temp file behind; its name says whose it is,
+so the next run of the step removes it (`remove_stale_temp_files`) and never a live writer's.
+"""
 
 from __future__ import annotations
 
