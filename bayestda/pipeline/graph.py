@@ -150,12 +150,17 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
     if list(spec.seed_ids) != list(range(len(seeds))):
         stats += ["--seed_ids", *map(str, spec.seed_ids)]
     res = results_dir(out, spec.model, spec.task, n)
-    for stage, script, manifest in (
-        ("pvalues", "compute_pvalues.py", PVALUES_MANIFEST),
-        ("correlations", "compute_correlations.py", CORRELATIONS_MANIFEST),
+    for stage, script, manifest, deps in (
+        ("pvalues", "compute_pvalues.py", PVALUES_MANIFEST, method_tasks),
+        (
+            "correlations",
+            "compute_correlations.py",
+            CORRELATIONS_MANIFEST,
+            [*method_tasks, "pvalues"],
+        ),  # step 4 reads step 3's
     ):
         done = not spec.overwrite and _analysis_done(res / manifest, spec, score_files)
-        tasks.append(Task(stage, stage, [script, *stats, *common, *overwrite], method_tasks, done))
+        tasks.append(Task(stage, stage, [script, *stats, *common, *overwrite], deps, done))
     return tasks
 
 

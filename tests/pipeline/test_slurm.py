@@ -33,7 +33,7 @@ def test_scripts_for_a_fresh_experiment(tmp_path):
     submit = paths[-1].read_text()
     assert "jid_train=$(sbatch --parsable 01_train.sbatch)" in submit
     assert "jid_loo_paper=$(sbatch --parsable --dependency=afterok:$jid_train 02_loo-paper.sbatch)" in submit
-    assert "--dependency=afterok:$jid_loo_paper:$jid_gd 05_correlations.sbatch" in submit
+    assert "--dependency=afterok:$jid_loo_paper:$jid_gd:$jid_pvalues 05_correlations.sbatch" in submit
 
 
 class FakeExecutor:
