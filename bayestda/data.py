@@ -118,11 +118,13 @@ class _UnverifiedCIFAR10(CIFAR10):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-def _try_download(cls, root: Path, train: bool):
+def _download(cls, name: str, root: Path, train: bool, looked_for: Path, fix: str):
+    """The split, downloaded by torchvision; a one-line "not found" error when that fails too."""
     try:
         return cls(str(root), train=train, download=True)
     except Exception as exc:  # no network, mirror down, disk full: all mean "not available"
-        return exc
+        raise UserError(f"{name} not found: looked for {looked_for} and the download failed "
+                        f"({type(exc).__name__}). {fix}") from None  # fmt: skip
 
 
 def _mnist_files_present(root: Path) -> bool:
@@ -147,13 +149,8 @@ def _load_mnist(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
             fix = "replace them with a good copy (offline here: ../shared/datasets/MNIST/raw)"
             raise _unreadable("MNIST", folder, exc, fix) from None
         return ds.data.numpy(), ds.targets.numpy()
-    ds = _try_download(MNIST, root, train)
-    if isinstance(ds, Exception):
-        raise UserError(
-            f"MNIST not found: looked for {root / 'MNIST' / 'raw'} and the download failed ({type(ds).__name__}). "
-            f"Pass --data_root or set BAYESTDA_DATA_ROOT to a folder holding MNIST/raw "
-            f"(offline here: ../shared/datasets)"
-        ) from None
+    fix = "Pass --data_root or set BAYESTDA_DATA_ROOT to a folder holding MNIST/raw (offline here: ../shared/datasets)"
+    ds = _download(MNIST, "MNIST", root, train, root / "MNIST" / "raw", fix)
     return ds.data.numpy(), ds.targets.numpy()
 
 
@@ -186,13 +183,8 @@ _UNVERIFIED_CIFAR: set[Path] = set()  # data roots whose CIFAR-10 failed the md5
 
 def _load_cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     if not _cifar_files_present(root):
-        ds = _try_download(CIFAR10, root, train)
-        if isinstance(ds, Exception):
-            raise UserError(
-                f"CIFAR-10 not found: looked for {root / CIFAR10.base_folder} and the download failed "
-                f"({type(ds).__name__}). Offline, build a copy with "
-                f"`python ../shared/datasets/build_cifar10.py {root}` or pass --data_root / BAYESTDA_DATA_ROOT"
-            ) from None
+        fix = f"Offline, build a copy with `python ../shared/datasets/build_cifar10.py {root}` or pass --data_root / BAYESTDA_DATA_ROOT"
+        ds = _download(CIFAR10, "CIFAR-10", root, train, root / CIFAR10.base_folder, fix)
         return np.asarray(ds.data), np.asarray(ds.targets)
     folder = Path(root) / CIFAR10.base_folder
     try:

@@ -73,7 +73,7 @@ def test_defaults_env_turns_it_off():
 def test_loo_workers_apply_it():
     """LOO's spawned workers are fresh interpreters that never pass through cli.run: their initializer applies it."""
     with ProcessPoolExecutor(
-        1, mp_context=get_context("spawn"), initializer=loo._init_worker, initargs=(None,)
+        1, mp_context=get_context("spawn"), initializer=loo._init_worker, initargs=(None, os.getpid())
     ) as pool:
         assert pool.submit(eval, "__import__('bayestda.allocator').allocator._applied").result() is True
 

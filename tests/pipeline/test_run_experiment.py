@@ -238,7 +238,11 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
             f"{row.frac_sigma_above_abs_mu:.3g} | {abs(mu).mean():.3g} | {(sigma**2).mean():.3g} | 1 |") in proc.stdout  # fmt: skip
     assert f"| cnn_mnist3_10pc | 2 | {sum(accs) / 2:.2f} |" in proc.stdout
     bad = sh(["report_experiment.py", "--experiment", "cnn_mnist3_30pc", "--out_root", str(by_runner)], data_root)
-    assert bad.returncode == 2 and "no summary.csv" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 2
+        and "lacks finished step-3 results" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_gpus_that_torch_does_not_see_are_an_error_not_a_cpu_run(tmp_path, data_root):
