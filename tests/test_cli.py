@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayestda.cli import ALLOW_TF32_ENV, resolve_device
+from bayestda.paths import REPO_ROOT
 
 
 @pytest.fixture
@@ -36,3 +37,20 @@ def test_cuda_convolutions_match_float64(monkeypatch, restore_precision):
     ref = torch.nn.functional.conv2d(x.double(), w.double())
     got = torch.nn.functional.conv2d(x.to(device), w.to(device)).cpu().double()
     assert ((got - ref).norm() / ref.norm()).item() < 1e-5
+
+
+SCRIPTS = sorted(
+    str(p.relative_to(REPO_ROOT))
+    for p in [*REPO_ROOT.glob("*.py"), *REPO_ROOT.glob("tda_cnn_scripts/*.py"), *REPO_ROOT.glob("tda_vit_scripts/*.py")]
+)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_help_is_complete_and_shows_only_what_the_script_uses(run_script, script):
+    proc = run_script(script, "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr
+    assert "(default: None)" not in proc.stdout  # a required flag, or one whose help says what is used
+    if script.endswith(("gd.py", "gc.py", "ats.py")):  # no Hessian: no flags of the IF solvers
+        assert "--hvp_chunk" not in proc.stdout and "--damping" not in proc.stdout
+    if script.endswith("if.py"):
+        assert "--hvp_chunk" in proc.stdout
