@@ -1,7 +1,6 @@
 """Steps 3 and 4: write the p-value and correlation results of one experiment under results/<experiment>/.
 
-Each step writes a manifest last, holding its methods, seeds, k and a digest of its input score files. A
-rerun on unchanged inputs is skipped unless `overwrite`. The tables combine methods, so results are never
+Each step writes a manifest last (`manifest`). A rerun on unchanged inputs is skipped unless `overwrite`. The tables combine methods, so results are never
 silently replaced by those of fewer methods or seeds (that needs `overwrite`), and step 4 only runs on the
 same methods, seeds and score files as step 3's results beside it. Both steps end by regenerating the
 folder's README.md (`report.write_results_page`).
@@ -9,23 +8,19 @@ folder's README.md (`report.write_results_page`).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import __version__, hints, plots
+from . import __version__, plots
 from .correlations import correlation_tables
 from .errors import UserError
 from .io import atomic_write_csv, atomic_write_json, remove_stale_temp_files
-from .paths import read_seeds
+from .manifest import CORRELATIONS_MANIFEST, PVALUES_MANIFEST, read_manifest, stats_command
 from .report import write_results_page
 from .statistics import P_TYPES, Experiment, pair_frame, pair_stats, summary_rows
-
-PVALUES_MANIFEST = "pvalues_manifest.json"  # written last by step 3: its presence marks finished results
-CORRELATIONS_MANIFEST = "correlations_manifest.json"  # the same for step 4
 
 
 def _up_to_date(manifest: Path, inputs: dict) -> bool:
@@ -45,19 +40,6 @@ def check_num_ckpts(flag: str, k: int | None, exp: Experiment) -> int:
         raise UserError(f"{flag} {k}: the score files of {exp.name} hold {exp.n_ckpts} checkpoints per seed, "
                         f"so use 1..{exp.n_ckpts}")  # fmt: skip
     return k
-
-
-def read_manifest(path: Path) -> dict | None:
-    """A step's manifest, or None if the step has not finished; a one-line error if it is unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-        if not all(isinstance(manifest["inputs"][key], list) for key in ("methods", "seeds")):
-            raise TypeError("methods and seeds must be lists")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} cannot be read ({type(exc).__name__}); rerun its step with --overwrite") from None
-    return manifest
 
 
 def _refuse_replacing_more(manifest: Path, exp: Experiment, step: str) -> None:
@@ -150,7 +132,7 @@ def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite:
 def check_step3_matches(exp: Experiment, k: int) -> None:
     """Step 4 reads the same methods, seeds and score files as step 3's results beside it, at a k step 3 made."""
     step3 = read_manifest(exp.results_dir / PVALUES_MANIFEST)
-    rerun = stats_command("compute_pvalues.py", exp)
+    rerun = stats_command("compute_pvalues.py", exp.name, exp.methods, exp.seeds)
     if step3 is None:
         raise UserError(f"{exp.results_dir} has no finished step-3 results; make them first with: {rerun}")
     got = step3["inputs"]
@@ -163,11 +145,3 @@ def check_step3_matches(exp: Experiment, k: int) -> None:
     if k not in got.get("num_ckpts", []):
         raise UserError(f"--num_ckpts {k}: step 3 made {exp.name} for k = {got.get('num_ckpts')}; use one of those, "
                         f"or rerun step 3 with a larger --max_ckpts")  # fmt: skip
-
-
-def stats_command(script: str, exp: Experiment, *extra: str) -> str:
-    """The step-3 or step-4 command for this experiment's methods and seeds, runnable as written."""
-    argv = [script, "--experiment", exp.name, "--methods", ",".join(exp.methods)]
-    if exp.seeds != read_seeds():
-        argv += ["--seed_ids", *(str(read_seeds().index(s)) for s in exp.seeds)]
-    return hints.command(argv, *extra, accepts=("out_root",))

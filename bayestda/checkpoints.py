@@ -35,14 +35,18 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def retrain_command(seed_dir: Path) -> str:
     """The step-1 command that redoes one seed's training run, from where its folder is."""
     parsed = parse_seed_dir(seed_dir)
-    seeds = read_seeds()
-    if parsed is None or parsed[3] not in seeds:
-        return "the step-1 command that made it, with --overwrite (python train_cnn.py --help, finetune_vit.py --help)"
+    generic = "the step-1 command that made it, with --overwrite (python train_cnn.py --help, finetune_vit.py --help)"
+    if parsed is None:  # not under <out_root>/models/<model>/<task>_<n>pc/<seed>
+        return generic
     model, task, n, seed = parsed
     try:
         argv = families.of_model(model).train_argv(model, task, n)
     except UserError:
-        return "the step-1 command that made it, with --overwrite"
+        return generic
+    seeds = read_seeds()
+    if seed not in seeds:
+        command = hints.command(argv, "--seed_id", "K", "--overwrite")
+        return f"{command}, with K the line of seed {seed} in seeds.txt (add it back first)"
     return hints.command(argv, "--seed_id", str(seeds.index(seed)), "--overwrite")
 
 
@@ -86,12 +90,8 @@ def read_metrics(seed_dir: Path) -> dict | None:
     return metrics
 
 
-def finished_checkpoints(seed_dir: Path) -> list[Path] | None:
-    """The posterior-sample checkpoints of a finished training run, oldest first, or None if the run is not
-    finished: metrics.json (written last) must be there, and the checkpoints of its last epochs."""
-    metrics = read_metrics(seed_dir)
-    if metrics is None:
-        return None
+def _run_checkpoints(seed_dir: Path, metrics: dict) -> list[Path] | None:
+    """The checkpoint paths of the last epochs of the run `metrics` describes, or None if one is missing."""
     if not isinstance(epochs := metrics["config"].get("epochs"), int):
         raise UserError(f"{metrics_file(seed_dir)} does not say how many epochs its run had; "
                         f"retrain the seed with: {retrain_command(seed_dir)}")  # fmt: skip
@@ -99,11 +99,15 @@ def finished_checkpoints(seed_dir: Path) -> list[Path] | None:
     return paths if all(p.is_file() for p in paths) else None
 
 
-def read_run(seed_dir: Path, train_command: str) -> list[dict]:
-    """The checkpoints of a seed's finished run (`read_checkpoint` records, oldest first), each checked to be
-    of the run metrics.json describes: its epoch, and a config equal to the run's."""
-    paths = seed_checkpoints(seed_dir, train_command)
-    run = read_metrics(seed_dir)["config"]
+def finished_checkpoints(seed_dir: Path) -> list[Path] | None:
+    """The posterior-sample checkpoints of a finished training run, oldest first, or None if the run is not
+    finished: metrics.json (written last) must be there, and the checkpoints of its last epochs."""
+    metrics = read_metrics(seed_dir)
+    return None if metrics is None else _run_checkpoints(seed_dir, metrics)
+
+
+def _read_checked(seed_dir: Path, paths: list[Path], run: dict) -> list[dict]:
+    """Each checkpoint read, and checked to be of `run` (the config in metrics.json) at its epoch."""
     checkpoints = [read_checkpoint(p) for p in paths]
     for path, ckpt, epoch in zip(paths, checkpoints, last_epochs(run["epochs"]), strict=True):
         config = dict(ckpt["config"])
@@ -113,6 +117,13 @@ def read_run(seed_dir: Path, train_command: str) -> list[dict]:
             raise UserError(f"{path} is not of the run {metrics_file(seed_dir)} describes ({what}): the folder mixes "
                             f"two training runs; retrain the seed with: {retrain_command(seed_dir)}")  # fmt: skip
     return checkpoints
+
+
+def read_run(seed_dir: Path, train_command: str) -> list[dict]:
+    """The checkpoints of a seed's finished run (`read_checkpoint` records, oldest first), each checked to be
+    of the run metrics.json describes: its epoch, and a config equal to the run's."""
+    paths, metrics = _finished_run(seed_dir, train_command)
+    return _read_checked(seed_dir, paths, metrics["config"])
 
 
 def seed_is_complete(seed_dir: Path, config: dict) -> bool:
@@ -129,15 +140,22 @@ def seed_is_complete(seed_dir: Path, config: dict) -> bool:
             f"{seed_dir} holds a run trained with other settings ({', '.join(diff)} differ); "
             "pass --overwrite to retrain it, or --out_root to write elsewhere"
         )
-    if finished_checkpoints(seed_dir) is None:
+    paths = _run_checkpoints(seed_dir, metrics)
+    if paths is None:
         return False
-    read_run(seed_dir, "")
+    _read_checked(seed_dir, paths, done)
     return True
+
+
+def _finished_run(seed_dir: Path, train_command: str) -> tuple[list[Path], dict]:
+    """The checkpoint paths and metrics.json of a finished seed; a clear error if unfinished."""
+    metrics = read_metrics(seed_dir)
+    paths = None if metrics is None else _run_checkpoints(seed_dir, metrics)
+    if paths is None:
+        raise UserError(f"{seed_dir} has no finished training run; make it with: {train_command}")
+    return paths, metrics
 
 
 def seed_checkpoints(seed_dir: Path, train_command: str) -> list[Path]:
     """The posterior-sample checkpoints of a finished seed, oldest first; a clear error if unfinished."""
-    paths = finished_checkpoints(seed_dir)
-    if paths is None:
-        raise UserError(f"{seed_dir} has no finished training run; make it with: {train_command}")
-    return paths
+    return _finished_run(seed_dir, train_command)[0]

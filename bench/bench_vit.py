@@ -9,8 +9,12 @@ to use real weights. `--config tiny` (2 layers, hidden 32, 32×32) is a CPU smok
 
 For each stage it prints the wall time, the throughput and, on GPU, the peak memory. Grad-Dot is also timed
 against its slow reference, a per-sample autograd loop (timed on a few samples and scaled linearly; said so).
+`loo-scratch` runs the full retrain and the first `--loo_retrains - 1` leave-one-out retrains of the seed
+(each a whole fine-tune from the seed's initialisation, one at a time: the ViT's dropout cannot be stacked) and
+scales their time to the seed's n + 1 retrains (said so).
 
 usage: python bench/bench_vit.py [--config base|tiny] [--device cuda] [--precision bf16] [--epochs 15]
+                                 [--methods gd,gc,if-paper,loo-scratch] [--loo_retrains 3]
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from bayestda.cli import resolve_device
 from bayestda.data import load_subset
 from bayestda.ensemble import EnsembleSpec, train_ensemble
 from bayestda.func import FunctionalModel
-from bayestda.methods import registry
+from bayestda.methods import loo, registry
 from bayestda.methods.runner import run_method
+from bayestda.methods.samples import load_seed_samples
 from bayestda.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
 
 CONFIGS = {
@@ -94,6 +99,18 @@ def per_sample_loop_seconds(model, data, k: int, device) -> float:
     return time.perf_counter() - start
 
 
+def loo_scratch_seconds(out_root: Path, data_root: Path, device, n_train: int, k: int) -> float:
+    """Time k LOO-scratch retrains of seed 0 through step 2's own code; print them scaled to all n + 1."""
+    samples = load_seed_samples("vit", "mnist3", 10, 0, out_root, data_root)
+    ctx = loo.retrain_context("scratch", samples, device)
+    jobs = [loo.Retrain(None, zero_weight=False)] + [loo.Retrain(j, zero_weight=False) for j in range(k - 1)]
+    with Stage(f"loo-scratch ({k} of {n_train + 1} retrains)", device, k, "retrain") as stage:
+        loo.run_retrains(ctx, jobs, workers=1, desc="loo-scratch", stack=1)
+    total = stage.seconds * (n_train + 1) / k
+    print(f"{'loo-scratch: all retrains of a seed':38s} {total:9.2f} s   (scaled from {k})")
+    return total
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="base", choices=sorted(CONFIGS), help="random backbone to save and load")
@@ -101,9 +118,10 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="training autocast (GPU)")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--methods", default="gd,gc,if-paper", help="comma-separated: gd, gc, if-paper, if-ggn, if-cg, ats")
+    p.add_argument("--methods", default="gd,gc,if-paper", help="comma-separated: gd, gc, if-paper, if-ggn, if-cg, ats, loo-scratch")
     p.add_argument("--chunk", type=int, default=families.get("vit").chunk)
     p.add_argument("--hvp_chunk", type=int, default=families.get("vit").hvp_chunk)
+    p.add_argument("--loo_retrains", type=int, default=3, help="loo-scratch: retrains timed (the full one included)")
     p.add_argument("--data_root", default=None)
     args = p.parse_args()
     retain_freed_memory()  # as the step scripts do (cli.run)
@@ -141,6 +159,9 @@ def main():
         pairs = 5 * len(train) * len(test)
         timings = {}
         for method in args.methods.split(","):
+            if method == "loo-scratch":
+                timings[method] = loo_scratch_seconds(tmp, data_root, device, len(train), args.loo_retrains)
+                continue
             with Stage(f"{method} (5 checkpoints, all pairs)", device, pairs, "pair") as stage:
                 m = registry.get(method)
                 fields = {f for f in m.options.__dataclass_fields__}

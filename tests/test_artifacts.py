@@ -127,6 +127,15 @@ def test_hints_keep_the_users_location_flags(tmp_path):
     assert f"--seed_id 2 --overwrite --out_root '{tmp_path / 'my runs'}' --data_root /data" in _one_line(err)
 
 
+def test_retrain_command_names_the_seed_line_or_says_what_is_missing(tmp_path):
+    assert checkpoints.retrain_command(seed_model_dir(tmp_path, "cnn3", "cifar10", 50, SEEDS[3])) == (
+        "python train_cnn.py --task cifar10 --num_per_class 50 --arch cnn3 --posterior de --seed_id 3 --overwrite"
+    )
+    gone = checkpoints.retrain_command(seed_model_dir(tmp_path, "cnn", "mnist3", 10, 987654321))
+    assert "--seed_id K --overwrite" in gone and "seed 987654321 in seeds.txt" in gone
+    assert "step-1 command that made it" in checkpoints.retrain_command(tmp_path / "elsewhere" / "0")
+
+
 # ----------------------------------------------------------------------------- a seed's training run
 
 

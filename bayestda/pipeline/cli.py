@@ -6,10 +6,10 @@ import shlex
 import sys
 
 from .. import families
-from ..analysis import PVALUES_MANIFEST
 from ..cli import Parser, add_seed_ids, add_subsets_args, at_least, available_cores
 from ..data import TASKS
 from ..errors import UserError
+from ..manifest import PVALUES_MANIFEST
 from ..methods import registry
 from ..paths import DATA_ROOT_ENV, resolve_out_root, results_dir
 from ..report import console_summary

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import families
-from ..analysis import CORRELATIONS_MANIFEST, PVALUES_MANIFEST
 from ..checkpoints import finished_checkpoints
 from ..data import get_task, paper_subset_file, paper_subsets_dir, task_argv
+from ..manifest import CORRELATIONS_MANIFEST, PVALUES_MANIFEST
 from ..methods import registry
 from ..paths import REPO_ROOT, experiment_name, find_subset_file, read_seeds, results_dir, score_file, seed_model_dir
 
