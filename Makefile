@@ -36,7 +36,12 @@ $(OFFLINE_DATA)/.ready: $(VENV)/.installed
 demo: $(VENV)/.installed $(DATA_DEPS)
 	$(PY) run_experiment.py --model cnn --task mnist3 --num_per_class 10
 
-test: $(VENV)/.installed $(DATA_DEPS)
+# req-test.txt: the reference libraries the tests cross-check against (dattri, kronfluence, traker); test-only.
+$(VENV)/.test-installed: req-test.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r req-test.txt
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.test-installed $(DATA_DEPS)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

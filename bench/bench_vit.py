@@ -118,7 +118,9 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="training autocast (GPU)")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--methods", default="gd,gc,if-paper", help="comma-separated: gd, gc, if-paper, if-ggn, if-cg, ats, loo-scratch")
+    p.add_argument(
+        "--methods", default="gd,gc,if-paper", help="comma-separated: gd, gc, if-paper, if-ggn, if-cg, ats, loo-scratch"
+    )
     p.add_argument("--chunk", type=int, default=families.get("vit").chunk)
     p.add_argument("--hvp_chunk", type=int, default=families.get("vit").hvp_chunk)
     p.add_argument("--loo_retrains", type=int, default=3, help="loo-scratch: retrains timed (the full one included)")

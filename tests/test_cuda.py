@@ -35,12 +35,14 @@ CNN_METHODS = {  # method -> (script, extra flags, tolerance on ‖cuda − cpu�
     "loo-scratch": ("loo.py", ["--protocol", "scratch", "--workers", "1"], 1e-3),
     "loo-paper": ("loo.py", ["--protocol", "paper", "--workers", "1"], 1e-3),
     "loo-paired": ("loo.py", ["--protocol", "paired", "--workers", "1"], 1e-3),
+    "trak": ("trak.py", ["--damping", "1e-3"], 1e-3),  # R is drawn on the CPU: the same matrix on both devices
 }
 VIT_METHODS = {
     "gd": ("gd.py", [], 1e-4),
     "gc": ("gc.py", [], 1e-4),
     "ats": ("ats.py", [], 1e-3),
     "if-paper": ("if.py", ["--solver", "paper"], 1e-3),
+    "trak": ("trak.py", ["--damping", "1e-3"], 1e-3),
 }
 METHODS = {"cnn": CNN_METHODS, "vit": VIT_METHODS}
 

@@ -157,6 +157,16 @@ class GradFeaturizer:
         """Per-sample cross-entropy gradients."""
         return self._features(x, y, lambda logits, t: F.cross_entropy(logits[None], t[None]), False, chunk)
 
+    def margin_grads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> GradFeatures:
+        """Per-sample gradients of the margin log p_y − log(1 − p_y) (TRAK's model output)."""
+        from .trak import margin
+
+        return self._features(x, y, margin, False, chunk)
+
+    def has_bias(self, layer: int) -> bool:
+        """Whether the factored layer's input a ends with the constant 1 of its bias."""
+        return dict(self.fm.model.named_modules())[self.factored[layer]].bias is not None
+
     def jacobian_vector_grads(self, x: torch.Tensor, cotangents: torch.Tensor, chunk: int = 32) -> GradFeatures:
         """Gradients of wᵢₖ·f(xᵢ) for cotangents [N, K, C]: N·K rows, sample-major (row i·K + k)."""
         return self._features(x, cotangents, lambda logits, w: (logits * w).sum(), True, chunk)
@@ -180,15 +190,17 @@ class GradFeaturizer:
         return out
 
 
-def gram_with_test(featurizer: GradFeaturizer, test, columns, block: int, chunk: int) -> torch.Tensor:
-    """[n, n_test] = `columns(g_test)` over the test points' loss-gradient features, `block` test points at a time.
+def gram_with_test(featurizer: GradFeaturizer, test, columns, block: int, chunk: int, grads=None) -> torch.Tensor:
+    """[n, n_test] = `columns(g_test)` over the test points' gradient features (`grads`, default the loss
+    gradients: `featurizer.loss_grads`), `block` test points at a time.
 
     The shared last stage of the gradient methods: the training side is transformed first (GD: as it is;
     IF: H⁻¹ applied; GGN: the Woodbury correction), and `columns` maps a block of test gradient features
     to that block's [n, block] scores (or [..., n, block]; blocks are joined on the last dimension).
     Memory stays bounded by the block, whatever n_test is.
     """
+    grads = grads or featurizer.loss_grads
     cols = []
     for lo in range(0, len(test), block):
-        cols.append(columns(featurizer.loss_grads(test.x[lo : lo + block], test.y[lo : lo + block], chunk)))
+        cols.append(columns(grads(test.x[lo : lo + block], test.y[lo : lo + block], chunk)))
     return torch.cat(cols, -1)
