@@ -110,3 +110,27 @@ def test_features_when_everything_or_nothing_is_factored(kind):
             out = (model(x[i : i + 1])[0] * w[i, k]).sum()
             ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(out, list(model.parameters()))])
             torch.testing.assert_close(jv[i * 2 + k], ref)
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_gd_gc_equal_dattri_tracin_with_unit_weight(cosine):
+    """dattri 0.3.0's TracInAttributor (test-only dependency) on one checkpoint, weight 1, no projection."""
+    pytest.importorskip("dattri", reason="dattri is a test-only dependency (req-test.txt)")
+    from dattri.algorithm.tracin import TracInAttributor
+    from dattri.task import AttributionTask
+    from torch.func import functional_call
+
+    train, test = toy_data(7), toy_data(5, seed=1)
+    model = trained_tiny(train, 20)
+
+    def loss(params, data):
+        x, y = data
+        return F.cross_entropy(functional_call(model, params, (x[None],)), y[None])
+
+    task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
+    attributor = TracInAttributor(task, weight_list=torch.ones(1), normalized_grad=cosine)
+    attributor.projector_kwargs = None  # dattri projects unless this is None (its default is a 512-d projection)
+    loader = lambda s: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(s.x, s.y), batch_size=3)  # noqa: E731
+    theirs = attributor.attribute(loader(train), loader(test)).double()
+    ours = grad_dot_and_cos(FunctionalModel(model), train, test, chunk=3)[int(cosine)]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
