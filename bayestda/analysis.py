@@ -1,9 +1,9 @@
 """Steps 3 and 4: write the p-value and correlation results of one experiment under results/<experiment>/.
 
-Each step writes a manifest last (`manifest`). A rerun on unchanged inputs is skipped unless `overwrite`. The tables combine methods, so results are never
-silently replaced by those of fewer methods or seeds (that needs `overwrite`), and step 4 only runs on the
-same methods, seeds and score files as step 3's results beside it. Both steps end by regenerating the
-folder's README.md (`report.write_results_page`).
+Each step writes a manifest last (`manifest`). A rerun on unchanged inputs is skipped unless `overwrite`. The
+tables combine methods, so results are never silently replaced by those of fewer methods or seeds (that needs
+`overwrite`), and step 4 only runs on the same methods, seeds and score files as step 3's results beside it.
+Both steps end by regenerating the folder's README.md (`report.write_results_page`).
 """
 
 from __future__ import annotations

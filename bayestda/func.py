@@ -104,6 +104,13 @@ class FunctionalModel:
         return hvp
 
 
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log p_y − log(1 − p_y) = logit_y − logsumexp of the other logits (TRAK's model output for classification)."""
+    is_y = torch.arange(logits.shape[-1], device=logits.device) == y[..., None]
+    correct = (logits * is_y).sum(-1)
+    return correct - logits.masked_fill(is_y, float("-inf")).logsumexp(-1)
+
+
 def cross_entropy_hessian_factor(logits: torch.Tensor) -> torch.Tensor:
     """L with L Lᵀ = diag(p) − p pᵀ, the Hessian of cross-entropy w.r.t. the logits (p = softmax).
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import grad, vmap
 from torch.nn import functional as F
 
-from ..func import FunctionalModel, flatten, unflatten
+from ..func import FunctionalModel, flatten, margin, unflatten
 
 
 @dataclass
@@ -158,14 +158,8 @@ class GradFeaturizer:
         return self._features(x, y, lambda logits, t: F.cross_entropy(logits[None], t[None]), False, chunk)
 
     def margin_grads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> GradFeatures:
-        """Per-sample gradients of the margin log p_y − log(1 − p_y) (TRAK's model output)."""
-        from .trak import margin
-
+        """Per-sample gradients of the margin log p_y − log(1 − p_y) (`func.margin`, TRAK's model output)."""
         return self._features(x, y, margin, False, chunk)
-
-    def has_bias(self, layer: int) -> bool:
-        """Whether the factored layer's input a ends with the constant 1 of its bias."""
-        return dict(self.fm.model.named_modules())[self.factored[layer]].bias is not None
 
     def jacobian_vector_grads(self, x: torch.Tensor, cotangents: torch.Tensor, chunk: int = 32) -> GradFeatures:
         """Gradients of wᵢₖ·f(xᵢ) for cotangents [N, K, C]: N·K rows, sample-major (row i·K + k)."""

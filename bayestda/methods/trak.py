@@ -42,13 +42,6 @@ PROJECTIONS = ("rademacher", "gaussian", "identity")
 BLOCK = 8192  # parameters per generated block of R (rounded to whole output rows of a factored layer)
 
 
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log p_y − log(1 − p_y) = logit_y − logsumexp of the other logits (TRAK's model output for classification)."""
-    is_y = torch.arange(logits.shape[-1], device=logits.device) == y[..., None]
-    correct = (logits * is_y).sum(-1)
-    return correct - logits.masked_fill(is_y, float("-inf")).logsumexp(-1)
-
-
 @functools.cache
 def _sign_table(dtype) -> torch.Tensor:
     """[256, 8]: the bits of each byte as ±1."""
@@ -77,10 +70,12 @@ class Projection:
     def blocks(self, featurizer: GradFeaturizer, feats: GradFeatures | None = None):
         """(flat parameter slice, R block, that block of the per-sample gradients in `feats` or None) for every
         block of R, in flat parameter order."""
-        fm, dtype = featurizer.fm, next(iter(featurizer.fm.params.values())).dtype
-        device = next(iter(fm.params.values())).device
-        factored = {
-            f"{name}.{part}": (i, part) for i, name in enumerate(featurizer.factored) for part in ("weight", "bias")
+        fm = featurizer.fm
+        first_param = next(iter(fm.params.values()))
+        factored = {  # parameter -> (factored layer, part, whether a ends with the bias's constant 1)
+            f"{name}.{part}": (i, part, f"{name}.bias" in fm.params)
+            for i, name in enumerate(featurizer.factored)
+            for part in ("weight", "bias")
         }
         dense_offsets, offset = {}, 0
         for name in featurizer.dense_names:
@@ -96,14 +91,14 @@ class Projection:
                 grads = None
                 if feats is not None:
                     if name in factored:
-                        i, part = factored[name]
+                        i, part, has_bias = factored[name]
                         d, a = feats.factors[i]
-                        a = a[:, :-1] if part == "weight" and featurizer.has_bias(i) else a
+                        a = a[:, :-1] if has_bias else a
                         grads = (d[:, lo:hi, None] * a[:, None, :]).flatten(1) if part == "weight" else d[:, lo:hi]
                     else:
                         first = dense_offsets[name] + lo * width
                         grads = feats.dense[:, first : first + (hi - lo) * width]
-                yield cols, self.block(name, b, (hi - lo) * width, dtype, device), grads
+                yield cols, self.block(name, b, (hi - lo) * width, first_param.dtype, first_param.device), grads
             start += p.numel()
 
     def project(self, featurizer: GradFeaturizer, feats: GradFeatures) -> torch.Tensor:

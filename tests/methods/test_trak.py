@@ -9,9 +9,9 @@ import torch
 from helpers import features_to_dense
 
 from bayestda.errors import UserError
-from bayestda.func import FunctionalModel
+from bayestda.func import FunctionalModel, margin
 from bayestda.methods.features import GradFeaturizer
-from bayestda.methods.trak import Projection, margin, trak_scores
+from bayestda.methods.trak import Projection, trak_scores
 
 from .reference import micro_vit, toy_data, trained_tiny
 
