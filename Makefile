@@ -14,7 +14,7 @@ DATA_DEPS := $(OFFLINE_DATA)/.ready
 endif
 endif
 
-.PHONY: demo test lint clean-demo
+.PHONY: demo test test-all lint clean-demo
 
 # req-scale.txt (Ray, submitit) is optional for users; the tests of those backends need it. The package itself is
 # an editable install, so `from bayestda import load_checkpoint` works from any directory with the venv's python.
@@ -41,7 +41,13 @@ $(VENV)/.test-installed: req-test.txt $(VENV)/.installed
 	$(PY) -m pip install --quiet -r req-test.txt
 	touch $@
 
+# `make test` leaves out the tests marked slow (more end-to-end runs of the same scripts, the Ray backend);
+# `make test-all` runs them too.
 test: $(VENV)/.installed $(VENV)/.test-installed $(DATA_DEPS)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow"
+
+test-all: $(VENV)/.installed $(VENV)/.test-installed $(DATA_DEPS)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

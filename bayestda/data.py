@@ -1,8 +1,8 @@
 """Datasets, subset index files, and the in-memory tensors every step trains and scores on.
 
-Images are loaded through torchvision (which downloads them when absent and the network allows),
-preprocessed as in the paper (ToTensor for MNIST; ToTensor + Normalize(0.5, 0.5) for CIFAR-10),
-and kept as one tensor per split: the subsets are tiny, so no DataLoader is needed.
+Images are read from a local copy (MNIST's IDX files directly, CIFAR-10 through torchvision) or downloaded by
+torchvision when absent and the network allows, preprocessed as in the paper (ToTensor for MNIST; ToTensor +
+Normalize(0.5, 0.5) for CIFAR-10), and kept as one tensor per split: the subsets are tiny, so no DataLoader.
 
 Two choices of images (`--subsets`):
 - `nested` (default): this package's committed index files (`make_subsets.py`): balanced, each train subset
@@ -26,11 +26,10 @@ import sys
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, MNIST
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from .errors import UserError
 from .io import atomic_write_text
@@ -100,22 +99,31 @@ def task_argv(task: str) -> list[str]:
 # ----------------------------------------------------------------------------- raw splits
 
 
+@cache
+def _torchvision():
+    """torchvision's dataset classes, imported on first use: importing torchvision pulls in torch._dynamo (seconds
+    on these machines), which a `--help`, a one-line error or a step that reads no images should not pay."""
+    from torchvision.datasets import CIFAR10, MNIST
+
+    class UnverifiedCIFAR10(CIFAR10):
+        """torchvision's CIFAR10 minus the md5 check, for a local copy whose bytes differ from the release."""
+
+        def _check_integrity(self) -> bool:
+            return _cifar_files_present(Path(self.root))
+
+        def _load_meta(self) -> None:
+            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    return SimpleNamespace(CIFAR10=CIFAR10, UnverifiedCIFAR10=UnverifiedCIFAR10, MNIST=MNIST)
+
+
 def _cifar_files_present(root: Path) -> bool:
-    folder = Path(root) / CIFAR10.base_folder
-    names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    cifar = _torchvision().CIFAR10
+    folder = Path(root) / cifar.base_folder
+    names = [name for name, _ in cifar.train_list + cifar.test_list] + [cifar.meta["filename"]]
     return all((folder / name).is_file() for name in names)
-
-
-class _UnverifiedCIFAR10(CIFAR10):
-    """torchvision's CIFAR10 minus the md5 check, for a local copy whose bytes differ from the release."""
-
-    def _check_integrity(self) -> bool:
-        return _cifar_files_present(Path(self.root))
-
-    def _load_meta(self) -> None:
-        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
 def _download(cls, name: str, root: Path, train: bool, looked_for: Path, fix: str):
@@ -127,9 +135,13 @@ def _download(cls, name: str, root: Path, train: bool, looked_for: Path, fix: st
                         f"({type(exc).__name__}). {fix}") from None  # fmt: skip
 
 
+_MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+
+
 def _mnist_files_present(root: Path) -> bool:
     folder = Path(root) / "MNIST" / "raw"
-    return all((folder / Path(url).stem).is_file() for url, _ in MNIST.resources)
+    return all((folder / name).is_file() for names in _MNIST_FILES.values() for name in names)
 
 
 def _unreadable(what: str, folder: Path, exc: Exception, fix: str) -> UserError:
@@ -139,33 +151,36 @@ def _unreadable(what: str, folder: Path, exc: Exception, fix: str) -> UserError:
                      f"so a file is truncated or corrupt; {fix}, or pass --data_root / BAYESTDA_DATA_ROOT")  # fmt: skip
 
 
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format: a 0x08 type byte, the rank, big-endian int32 sizes, data).
+    Read here rather than through torchvision so that a step on a local copy never imports torchvision;
+    test_data checks it against torchvision's reader."""
+    raw = path.read_bytes()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path.name} is not an IDX file of unsigned bytes")
+    rank = raw[3]
+    shape = tuple(int(n) for n in np.frombuffer(raw, ">i4", rank, offset=4))
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * rank).reshape(shape).copy()
+
+
 def _load_mnist(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    if _mnist_files_present(root):
-        try:
-            ds = MNIST(str(root), train=train, download=False)
-        except Exception as exc:
-            folder = Path(root) / "MNIST" / "raw"
-            exc.filename = _bad_mnist_file(folder, train)
-            fix = "replace them with a good copy (offline here: ../shared/datasets/MNIST/raw)"
-            raise _unreadable("MNIST", folder, exc, fix) from None
+    folder = Path(root) / "MNIST" / "raw"
+    if not _mnist_files_present(root):
+        fix = "Pass --data_root or set BAYESTDA_DATA_ROOT to a folder holding MNIST/raw (offline here: ../shared/datasets)"
+        ds = _download(_torchvision().MNIST, "MNIST", root, train, folder, fix)
         return ds.data.numpy(), ds.targets.numpy()
-    fix = "Pass --data_root or set BAYESTDA_DATA_ROOT to a folder holding MNIST/raw (offline here: ../shared/datasets)"
-    ds = _download(MNIST, "MNIST", root, train, root / "MNIST" / "raw", fix)
-    return ds.data.numpy(), ds.targets.numpy()
-
-
-def _bad_mnist_file(folder: Path, train: bool) -> str | None:
-    """torchvision's parse errors do not name the file: parse the split's two files one by one."""
-    prefix = "train" if train else "t10k"
-    for name, read in (
-        (f"{prefix}-images-idx3-ubyte", read_image_file),
-        (f"{prefix}-labels-idx1-ubyte", read_label_file),
-    ):
+    fix = "replace them with a good copy (offline here: ../shared/datasets/MNIST/raw)"
+    arrays = []
+    for name in _MNIST_FILES[train]:
         try:
-            read(str(folder / name))
-        except Exception:
-            return name
-    return None
+            arrays.append(_read_idx(folder / name))
+        except Exception as exc:
+            exc.filename = name
+            raise _unreadable("MNIST", folder, exc, fix) from None
+    images, labels = arrays
+    if images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+        raise _unreadable("MNIST", folder, ValueError(f"images {images.shape}, labels {labels.shape}"), fix)
+    return images, labels.astype(np.int64)
 
 
 @cache
@@ -182,20 +197,22 @@ _UNVERIFIED_CIFAR: set[Path] = set()  # data roots whose CIFAR-10 failed the md5
 
 
 def _load_cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    tv = _torchvision()
     if not _cifar_files_present(root):
         fix = f"Offline, build a copy with `python ../shared/datasets/build_cifar10.py {root}` or pass --data_root / BAYESTDA_DATA_ROOT"
-        ds = _download(CIFAR10, "CIFAR-10", root, train, root / CIFAR10.base_folder, fix)
+        ds = _download(tv.CIFAR10, "CIFAR-10", root, train, root / tv.CIFAR10.base_folder, fix)
         return np.asarray(ds.data), np.asarray(ds.targets)
-    folder = Path(root) / CIFAR10.base_folder
+    folder = Path(root) / tv.CIFAR10.base_folder
     try:
         try:
-            ds = CIFAR10(str(root), train=train, download=False)
+            ds = tv.CIFAR10(str(root), train=train, download=False)
         except RuntimeError:  # the md5 check failed: the offline copy, or corrupt files
             _warn_unverified_cifar(str(folder))
             _UNVERIFIED_CIFAR.add(Path(root).resolve())
-            ds = _UnverifiedCIFAR10(str(root), train=train, download=False)
+            ds = tv.UnverifiedCIFAR10(str(root), train=train, download=False)
     except Exception as exc:
-        names = [n for n, _ in (CIFAR10.train_list if train else CIFAR10.test_list)] + [CIFAR10.meta["filename"]]
+        files = tv.CIFAR10.train_list if train else tv.CIFAR10.test_list
+        names = [n for n, _ in files] + [tv.CIFAR10.meta["filename"]]
         exc.filename = next((n for n in names if not _unpickles(folder / n)), None)
         fix = f"rebuild them with `python ../shared/datasets/build_cifar10.py {root}` (offline) or delete them to download"
         raise _unreadable("CIFAR-10", folder, exc, fix) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,27 @@ def run_script(data_root):
         )
 
     return run
+
+
+@pytest.fixture
+def script_help(monkeypatch, capsys):
+    """A script's `--help` text, from its parser run in this process (a fresh interpreter per script costs
+    seconds of imports; the scripts' shell entry is exercised by the end-to-end tests that run them)."""
+    import bayestda.cli
+
+    monkeypatch.setattr(bayestda.cli, "run", lambda main: main())  # no signal handlers or lifeline in pytest
+
+    def help_text(script: str) -> str:
+        monkeypatch.setattr(sys, "argv", [str(REPO_ROOT / script), "--help"])
+        monkeypatch.setattr(sys, "path", list(sys.path))  # the script prepends the repository root
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(REPO_ROOT / script), run_name="__main__")
+        out = capsys.readouterr().out
+        assert stop.value.code == 0, out
+        return out
+
+    return help_text
 
 
 def save_tiny_vit(path: Path, image_size: int, hidden: int, layers: int) -> Path:

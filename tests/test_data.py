@@ -104,6 +104,16 @@ def _fake_cifar(root, n_per_batch=4):
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_mnist_files_read_as_torchvision_reads_them(data_root, train):
+    from torchvision.datasets import MNIST
+
+    images, labels = data._load_mnist(data_root, train)
+    ref = MNIST(str(data_root), train=train, download=False)
+    assert images.dtype == ref.data.numpy().dtype and labels.dtype == ref.targets.numpy().dtype
+    assert np.array_equal(images, ref.data.numpy()) and np.array_equal(labels, ref.targets.numpy())
+
+
 def test_unverified_cifar_copy_loads_with_a_warning(tmp_path, capfd):
     _fake_cifar(tmp_path)
     images, labels = data._load_cifar10(tmp_path, train=True)

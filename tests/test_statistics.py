@@ -169,6 +169,7 @@ def test_experiment_names():
         st.parse_experiment_name("cnn_mnist3")
 
 
+@pytest.mark.slow  # five interpreters; the steps' code runs in-process in the tests around it
 def test_scripts_end_to_end_and_bad_input(tmp_path, run_script):
     write_synthetic(tmp_path)
     args = ["--experiment", "cnn_mnist3_10pc", "--out_root", str(tmp_path)]

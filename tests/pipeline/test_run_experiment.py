@@ -161,6 +161,7 @@ def test_dry_run_lists_only_what_is_missing_and_slurm_scripts_rerun_it(by_runner
     assert torch.equal(recreated, torch.load(score_file(by_hand, "cnn", "gd", "mnist3", 10, 1))["scores"])
 
 
+@pytest.mark.slow  # an optional backend (req-scale.txt); its own Ray cluster start costs a minute
 def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
     pytest.importorskip("ray", reason="ray is optional (req-scale.txt); CI installs it")
     out = tmp_path / "ray"
