@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import __version__, plots
-from .correlations import correlation_tables
+from .correlations import SIGNED, correlation_tables
 from .errors import UserError
 from .io import atomic_write_csv, atomic_write_json, remove_stale_temp_files
 from .manifest import CORRELATIONS_MANIFEST, PVALUES_MANIFEST, read_manifest, stats_command
@@ -78,7 +78,7 @@ def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool
     last_p = {t: {} for t in P_TYPES}
     for method in tqdm(exp.methods, desc=f"p-values {exp.name}", unit="method"):
         scores = exp.scores(method)
-        for k in ks:
+        for k in ks[: exp.samples_per_seed(method)]:  # a one-per-seed method (TracIn) has only k = 1
             s = pair_stats(scores, k)
             atomic_write_csv(pair_frame(s.mu, exp), out / "mu" / f"{method}_k{k}.csv")
             atomic_write_csv(pair_frame(s.sigma, exp), out / "sigma" / f"{method}_k{k}.csv")
@@ -96,7 +96,11 @@ def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool
         plots.mean_p_vs_checkpoints(mean_p[t], out / "figures" / f"mean_p_vs_num_ckpts_{t}", t)
         plots.p_value_histograms(last_p[t], out / "figures" / f"p_value_hist_{t}_k{ks[-1]}", t)
     atomic_write_csv(pd.DataFrame(rows).set_index(["method", "num_ckpts", "p_type"]), out / "summary.csv", "%.6f")
-    atomic_write_json({"inputs": inputs, "score_configs": exp.configs, "bayestda": __version__}, manifest)
+    one = exp.one_per_seed()
+    atomic_write_json({"inputs": inputs, "score_configs": exp.configs, "one_per_seed": one, "bayestda": __version__},
+                      manifest)  # fmt: skip
+    if one:
+        print(f"{', '.join(one)}: one τ per seed (over the whole run), so only k = 1")
     write_results_page(out)
     return out
 
@@ -115,16 +119,22 @@ def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite:
     remove_stale_temp_files(out, recursive=True)
     manifest.unlink(missing_ok=True)
     shutil.rmtree(out / "correlations", ignore_errors=True)
-    per_method = {
-        m: pair_stats(exp.scores(m), k) for m in tqdm(exp.methods, desc=f"statistics {exp.name}", unit="method")
+    per_method = {  # a one-per-seed method enters with its one τ per seed
+        m: pair_stats(exp.scores(m), exp.k_for(m, k))
+        for m in tqdm(exp.methods, desc=f"statistics {exp.name}", unit="method")
     }
     tables = correlation_tables(per_method, exp.signs)
+    one = [m for m in exp.one_per_seed() if k > 1]
     for (kind, q, version), table in tqdm(tables.items(), desc="correlation figures", unit="matrix"):
         stem = f"{kind}_{q}_{version}"
         atomic_write_csv(table, out / "correlations" / f"{stem}.csv", float_format="%.6f")
-        title = f"{kind.capitalize()} of {q} ({version} signs), k={k}"
+        if version == "aligned" and q not in SIGNED:  # σ and p have no sign: the same matrix as raw, one figure
+            continue
+        title = f"{kind.capitalize()} of {q} ({version} signs), k={k}" + (f" ({', '.join(one)} at k=1)" if one else "")
         plots.correlation_heatmap(table, title, out / "figures" / f"corr_{stem}")
-    atomic_write_json({"inputs": inputs, "signs": exp.signs, "bayestda": __version__}, manifest)
+    atomic_write_json({"inputs": inputs, "signs": exp.signs, "one_per_seed": one, "bayestda": __version__}, manifest)
+    if one and k > 1:
+        print(f"{', '.join(one)}: one τ per seed (over the whole run): correlated at k = 1 with the others at k = {k}")
     write_results_page(out)
     return out
 

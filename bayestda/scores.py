@@ -1,8 +1,9 @@
 """Score files: one seed's τ for every checkpoint × train × test pair, as in ../shared/DESIGN.md.
 
 A score file is a dict saved with `torch.save`:
-`scores` float32 [n_ckpts, n_train, n_test], `train_idx`, `test_idx` (dataset indices of rows and
-columns), `ckpt_epochs`, `seed`, `method`, `config` (every choice that shaped the numbers) and
+`scores` float32 [n_ckpts, n_train, n_test] (n_ckpts = 1 for a method with one τ per seed: TracIn),
+`train_idx`, `test_idx` (dataset indices of rows and columns), `ckpt_epochs`, `seed`, `method`, `config` (every
+choice that shaped the numbers) and
 `sign`: +1 if a positive score means "z_j helps z", −1 if a negative one does (the method's
 `helps_sign` in the registry). So `sign · τ` is "helps is positive" for every method.
 """

@@ -1,7 +1,9 @@
 """Step 3: τ as a random variable: per-pair mean μ, std σ and p-values across posterior samples.
 
 For k = 1..5 (as in the paper), each seed's τ is averaged over its last k checkpoints, and μ, σ
-(ddof=1, as pandas in the original) are taken across seeds. Two p-values per pair:
+(ddof=1, as pandas in the original) are taken across seeds. A method with one τ per seed
+(`Method.one_per_seed`: TracIn over the whole run) has only k = 1; where the others are compared at a
+larger k (step 4), it enters with that one τ per seed. Two p-values per pair:
 - `paper`: 2·Φ(−|μ/σ|), exactly the original's. It uses σ rather than σ/√n, so it is a
   signal-to-noise score, not a test of the mean.
 - `t`: a one-sample t-test of H0: E[τ] = 0 across seeds, plus Benjamini–Hochberg adjusted values.
@@ -23,6 +25,7 @@ from scipy import stats
 from .checkpoints import read_metrics
 from .data import get_task
 from .errors import UserError
+from .methods import registry
 from .methods.registry import score_command
 from .paths import experiment_name, read_seeds, results_dir, score_file, seed_model_dir
 from .scores import load_scores
@@ -36,6 +39,8 @@ ALPHA = 0.05
 
 def average_last_checkpoints(scores: np.ndarray, k: int) -> np.ndarray:
     """[seeds, ckpts, train, test] -> [seeds, train, test]: each seed's mean over its last k checkpoints."""
+    if not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"k = {k}, but the scores hold {scores.shape[1]} checkpoint(s) per seed")
     return scores[:, -k:].mean(axis=1)
 
 
@@ -114,7 +119,7 @@ class Experiment:
     seeds: list[int]
     train_idx: np.ndarray
     test_idx: np.ndarray
-    n_ckpts: int
+    n_ckpts: int  # checkpoints per seed of the score files (a one-per-seed method has 1)
     stacked: dict[str, np.ndarray]  # method -> float32 [seeds, ckpts, train, test]
     signs: dict[str, int]
     configs: dict[str, dict]
@@ -126,6 +131,16 @@ class Experiment:
     @property
     def results_dir(self) -> Path:
         return results_dir(self.out_root, self.model, self.task, self.num_per_class)
+
+    def samples_per_seed(self, method: str) -> int:
+        return self.stacked[method].shape[1]
+
+    def k_for(self, method: str, k: int) -> int:
+        """The k a method is taken at when the others are at k: k, or 1 for a method with one τ per seed."""
+        return min(k, self.samples_per_seed(method))
+
+    def one_per_seed(self) -> list[str]:
+        return [m for m in self.methods if self.samples_per_seed(m) < self.n_ckpts]
 
     def scores(self, method: str) -> np.ndarray:
         """[seeds, ckpts, train, test] in float64 (the last n_ckpts checkpoints of every seed)."""
@@ -161,7 +176,7 @@ SEED_KEYS = ("seed", "init_seed", "batch_seed")  # what differs between the seed
 
 def _run_of(record: dict) -> str:
     """What must be the same in every score file of an experiment: the checkpoints' epochs and the training
-    settings of their run, apart from its seed."""
+    settings of their run, apart from its seed. (A one-per-seed method's file holds the last epoch only.)"""
     config = {k: v for k, v in record["config"]["checkpoint_config"].items() if k not in SEED_KEYS}
     return json.dumps({"ckpt_epochs": record["ckpt_epochs"], "run": config}, sort_keys=True)
 
@@ -172,7 +187,9 @@ def check_score_files(records: dict, paths: dict, model: str, task: str, num_per
     on other train/test indices; or made from a run that has since been retrained."""
     name = experiment_name(model, task, num_per_class)
     first = next(r for by_seed in records.values() for r in by_seed.values())
-    runs = Counter(_run_of(r) for by_seed in records.values() for r in by_seed.values() if _has_ckpt_config(r))
+    single = {m: _one_per_seed(m) for m in records}
+    counted = [m for m in records if not single[m]] or list(records)  # per-checkpoint methods set the usual run
+    runs = Counter(_run_of(r) for m in counted for r in records[m].values() if _has_ckpt_config(r))
     usual = json.loads(runs.most_common(1)[0][0]) if runs else None
     for m, by_seed in records.items():
         for s, rec in by_seed.items():
@@ -191,12 +208,15 @@ def check_score_files(records: dict, paths: dict, model: str, task: str, num_per
                 torch.equal(rec["train_idx"], first["train_idx"]) and torch.equal(rec["test_idx"], first["test_idx"])
             ):
                 raise UserError(f"{where} scores other train/test indices (or order) than the others; {fix}")
-            if (run := json.loads(_run_of(rec))) != usual:
-                if run["ckpt_epochs"] != usual["ckpt_epochs"]:
+            expected = {**usual, "ckpt_epochs": usual["ckpt_epochs"][-1:]} if single[m] else usual
+            if (run := json.loads(_run_of(rec))) != expected:
+                if run["ckpt_epochs"] != expected["ckpt_epochs"]:
                     what = f"the checkpoints of epochs {run['ckpt_epochs']}"
+                    if single[m]:
+                        what += f" (it gives one τ per seed, at the run's last epoch {expected['ckpt_epochs'][0]})"
                 else:
-                    keys = run["run"].keys() | usual["run"].keys()
-                    differ = sorted(k for k in keys if run["run"].get(k) != usual["run"].get(k))
+                    keys = run["run"].keys() | expected["run"].keys()
+                    differ = sorted(k for k in keys if run["run"].get(k) != expected["run"].get(k))
                     what = f"checkpoints of a run trained with other settings ({', '.join(differ)} differ)"
                 n = sum(runs.values())
                 raise UserError(f"{where} scored {what}, unlike {runs.most_common(1)[0][1]} of the {n} score files "
@@ -204,6 +224,13 @@ def check_score_files(records: dict, paths: dict, model: str, task: str, num_per
             metrics = read_metrics(seed_model_dir(out_root, model, task, num_per_class, s))
             if metrics is not None and metrics["config"] != cc:
                 raise UserError(f"{where} scored an earlier training run of seed {s}, which was retrained since; {fix}")
+
+
+def _one_per_seed(score_name: str) -> bool:
+    try:
+        return registry.get(score_name).one_per_seed
+    except UserError:  # not a registered method: its file is checked as a per-checkpoint one
+        return False
 
 
 def _has_ckpt_config(record: dict) -> bool:
@@ -249,7 +276,8 @@ def load_experiment(
     stacked = {m: np.stack([records[m][s]["scores"].numpy() for s in seeds]) for m in methods}
     return Experiment(
         model, task, num_per_class, out_root, list(methods), seeds,
-        first["train_idx"].numpy(), first["test_idx"].numpy(), len(first["ckpt_epochs"]), stacked, signs, configs,
+        first["train_idx"].numpy(), first["test_idx"].numpy(), max(a.shape[1] for a in stacked.values()), stacked,
+        signs, configs,
     )  # fmt: skip
 
 

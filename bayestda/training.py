@@ -104,6 +104,7 @@ def batch_loss(
 
 
 EpochHook = Callable[[int, nn.Module, torch.optim.Optimizer, float], None]
+StepHook = Callable[[int, torch.Tensor, nn.Module, torch.optim.Optimizer], None]  # (epoch, positions, model, opt)
 Augment = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (x_batch, epoch, positions) -> x_batch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -147,6 +148,7 @@ def train(
     exclude: int | torch.Tensor | None = None,
     extras: TrainExtras = TrainExtras(),
     on_epoch_end: EpochHook | None = None,
+    before_step: StepHook | None = None,
     progress: Callable | None = None,
 ) -> list[float]:
     """Train for epochs start_epoch+1 .. len(orders), visiting `data` in the order `orders[e-1]`.
@@ -156,7 +158,9 @@ def train(
     `exclude` from its batches altogether (a true leave-one-out). For a `ModelStack` of M models,
     `sample_weight` is [M, n] and `exclude` an [M] tensor of positions (-1: none). `extras` holds a family's additions
     (augmentation, lr schedule, dropout seed, autocast). `on_epoch_end(epoch, model, optimizer,
-    train_loss)` sees every finished epoch (1-based). Returns the mean batch loss of each epoch trained.
+    train_loss)` sees every finished epoch (1-based); `before_step(epoch, positions, model, optimizer)` sees each
+    step's batch (positions in `data`) and the model before the step, with the step's learning rate set (it must
+    leave the model as it found it). Returns the mean batch loss of each epoch trained.
     """
     device = next(model.parameters()).device
     x, y = fast_layout(model, data.x.to(device)), data.y.to(device)
@@ -187,6 +191,8 @@ def train(
                     keep = batch[None, :] != exclude[:, None]
                     if not keep.any(1).all():
                         raise ValueError("a stacked model's batch is empty after its exclusion; train it alone")
+                if before_step is not None:
+                    before_step(epoch, batch, model, optimizer)
                 xb = x[batch] if extras.augment is None else extras.augment(x[batch], epoch, batch)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

@@ -83,7 +83,9 @@ def write_synthetic(
     rng_seed=0,
     model="cnn",
 ):
-    """Score files whose τ = signal(pair) + seed noise + checkpoint noise, of a 15-epoch run."""
+    """Score files whose τ = signal(pair) + seed noise + checkpoint noise, of a 15-epoch run (a one-per-seed
+    method, `tracin-*`: one τ per seed, at epoch 15)."""
+    from bayestda.methods import registry
     from bayestda.paths import score_file
     from bayestda.scores import save_scores
 
@@ -91,12 +93,9 @@ def write_synthetic(
     train_idx, test_idx = np.arange(100, 100 + n_train), np.arange(7, 7 + n_test) * 3
     signal = rng.normal(size=(n_train, n_test))
     for i, m in enumerate(methods):
+        k = 1 if registry.get(m).one_per_seed else n_ckpts
         for s in seeds:
-            tau = (
-                (i + 1) * signal
-                + rng.normal(size=(n_train, n_test))
-                + 0.1 * rng.normal(size=(n_ckpts, n_train, n_test))
-            )
+            tau = (i + 1) * signal + rng.normal(size=(n_train, n_test)) + 0.1 * rng.normal(size=(k, n_train, n_test))
             save_scores(score_file(out_root, model, m, "mnist3", 10, s), torch.tensor(tau), train_idx, test_idx,
-                        list(range(16 - n_ckpts, 16)), s, m, {"checkpoint_config": run_config(model, s)})  # fmt: skip
+                        list(range(16 - k, 16)), s, m, {"checkpoint_config": run_config(model, s)})  # fmt: skip
     return train_idx, test_idx

@@ -36,6 +36,9 @@ CNN_METHODS = {  # method -> (script, extra flags, tolerance on ‖cuda − cpu�
     "loo-paper": ("loo.py", ["--protocol", "paper", "--workers", "1"], 1e-3),
     "loo-paired": ("loo.py", ["--protocol", "paired", "--workers", "1"], 1e-3),
     "trak": ("trak.py", ["--damping", "1e-3"], 1e-3),  # R is drawn on the CPU: the same matrix on both devices
+    # the replay on CUDA retraces the CPU-trained run within `replay.TOLERANCE`, or is refused
+    "tracin-cp": ("tracin.py", ["--kind", "cp"], 1e-3),
+    "tracin-ideal": ("tracin.py", ["--kind", "ideal"], 1e-3),
 }
 VIT_METHODS = {
     "gd": ("gd.py", [], 1e-4),

@@ -3,6 +3,7 @@ report.common_share against an explicit per-group variance decomposition, and re
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from bayestda.report import common_share, common_shift, compute_time, stable_pair_profile
 from bayestda.scores import save_scores
@@ -94,3 +95,29 @@ def test_compute_time_shows_peak_memory_only_where_recorded(tmp_path):
     table = compute_time(tmp_path, "cnn", "mnist3", 2, ["gd", "ats"])
     assert _row(table, "gd") == ["gd", "2", "3.0", "6.0", "–"]
     assert _row(table, "ats") == ["ats", "2", "6.0", "12.0", "2.50"]  # the largest over the seeds
+
+
+def test_fixed_sample_agreement_pairs_each_sample_with_the_truth_of_its_seed_and_epoch(tmp_path):
+    """Against a plain loop: Spearman per (seed, epoch) with the ground truth, signs aligned; TracIn's one τ per
+    seed goes with the truth's last epoch."""
+    from helpers import write_synthetic
+    from scipy import stats
+
+    from bayestda.report import fixed_sample_agreement
+    from bayestda.statistics import load_experiment
+
+    write_synthetic(tmp_path, methods=("loo-scratch", "if-paper", "tracin-cp"))
+    exp = load_experiment("cnn", "mnist3", 10, tmp_path, ["loo-scratch", "if-paper", "tracin-cp"])
+    table = fixed_sample_agreement(exp, "loo-scratch").set_index("method")
+    truth = exp.stacked["loo-scratch"]
+    for method, sign, epochs in (("if-paper", -1, range(5)), ("tracin-cp", 1, [4])):
+        own = exp.stacked[method]
+        rhos = []
+        for i in range(len(exp.seeds)):
+            for e in epochs:
+                same_epoch = own[i, e - truth.shape[1]]  # counted from the last epoch, which both have
+                rhos.append(sign * stats.spearmanr(same_epoch.ravel(), truth[i, e].ravel()).statistic)
+        assert table.loc[method, "samples"] == len(rhos)
+        assert table.loc[method, "mean Spearman"] == pytest.approx(np.mean(rhos))
+        assert table.loc[method, "sd"] == pytest.approx(np.std(rhos, ddof=1))
+    assert table.loc["loo-scratch", "mean Spearman"] == pytest.approx(1.0)

@@ -282,3 +282,37 @@ def test_the_report_refuses_steps_3_and_4_of_different_inputs(tmp_path):
     write_synthetic(tmp_path, methods=["gc"], rng_seed=3)  # new scores after steps 3 and 4
     with pytest.raises(UserError, match=r"changed after steps 3 and 4 ran; rerun them: python compute_pvalues\.py"):
         check_results_agree(tmp_path, "cnn", "mnist3", 10)
+
+
+def test_a_method_with_one_tau_per_seed_has_only_k_1_and_enters_step_4_with_it(tmp_path, capsys):
+    """TracIn gives one τ per seed ([1, n, m] at the run's last epoch): step 3 has k = 1 only for it, step 4 at
+    k = 5 correlates its single τ per seed with the others' 5-checkpoint means, and the outputs say so."""
+    from bayestda.report import console_summary, results_page
+
+    write_synthetic(tmp_path, methods=("gd", "loo-scratch", "tracin-cp"))
+    exp = st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "loo-scratch", "tracin-cp"])
+    assert exp.n_ckpts == 5 and exp.one_per_seed() == ["tracin-cp"] and exp.k_for("tracin-cp", 5) == 1
+    res = write_pvalues(exp)
+    assert "tracin-cp: one τ per seed (over the whole run), so only k = 1" in capsys.readouterr().out
+    summary = pd.read_csv(res / "summary.csv")
+    assert sorted(set(summary[summary.method == "tracin-cp"].num_ckpts)) == [1]
+    assert sorted(set(summary[summary.method == "gd"].num_ckpts)) == [1, 2, 3, 4, 5]
+    assert not (res / "mu" / "tracin-cp_k2.csv").exists()
+    write_correlations(exp)
+    assert "correlated at k = 1 with the others at k = 5" in capsys.readouterr().out
+    # the obvious computation: μ of each method (TracIn's one τ per seed; the others' last-5 means)
+    mu = {m: exp.scores(m)[:, -exp.k_for(m, 5) :].mean(1).mean(0) for m in exp.methods}
+    rho = stats.spearmanr(mu["tracin-cp"].ravel(), mu["gd"].ravel()).statistic
+    table = pd.read_csv(res / "correlations" / "spearman_mu_raw.csv", index_col=0)
+    assert table.loc["tracin-cp", "gd"] == pytest.approx(rho, abs=1e-6)
+    assert "tracin-cp (k=1)" in results_page(res) and "tracin-cp (k=1)" in console_summary(res)
+
+
+def test_a_one_per_seed_score_file_of_other_epochs_is_refused(tmp_path):
+    write_synthetic(tmp_path, methods=("gd", "tracin-cp"))
+    path = score_file(tmp_path, "cnn", "tracin-cp", "mnist3", 10, 3)
+    record = torch.load(path, weights_only=True)
+    record["ckpt_epochs"] = [14]
+    torch.save(record, path)
+    with pytest.raises(UserError, match=r"epochs \[14\] \(it gives one τ per seed, at the run's last epoch 15\)"):
+        st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "tracin-cp"])

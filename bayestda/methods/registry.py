@@ -5,7 +5,8 @@ A declaration holds everything the steps need to know about a method:
   a score file is named `<name>` or `<name>-<variant>` (`gd`, `if-ggn`, `loo-scratch`);
 - its "helps" sign (`sign · τ > 0` means "z_j helps z") and its label in figures;
 - its kind: scored on each checkpoint (`per_seed=False`), or once per seed from the seed's whole run
-  (`per_seed=True`: LOO retrains);
+  (`per_seed=True`: LOO retrains, TracIn); a per-seed method with `one_per_seed` gives one τ per seed, not one
+  per checkpoint (TracIn sums over the whole run), so steps 3–4 have only k = 1 for it;
 - its options, a frozen dataclass (`options.option` fields): their defaults, --help text and ranges;
 - its scorer:
   - per checkpoint: `score(fm, train, test, opts, run_config) -> ([n_train, n_test], diagnostics)`, with
@@ -15,7 +16,7 @@ A declaration holds everything the steps need to know about a method:
 
 The step-2 scripts, the runner, steps 3 and 4, the figures and the report all read from here. Each
 method registers itself in its own module under `bayestda/methods/` (`ats`, `grad_similarity`,
-`influence`, `loo`, `trak`), which the registry imports on first use; a module elsewhere registers when it is
+`influence`, `loo`, `trak`, `tracin`), which the registry imports on first use; a module elsewhere registers when it is
 imported. See the README, "Adding a method or a model".
 """
 
@@ -76,6 +77,7 @@ class Method:
     options: type  # a frozen dataclass of `options.option` fields: the script's own flags
     score: Callable
     per_seed: bool = False  # scored once per seed from the whole run (LOO), not on each checkpoint
+    one_per_seed: bool = False  # one τ per seed ([1, n, m], at the run's last epoch): steps 3–4 have only k = 1
     variant: str | None = None  # the options field that picks a variant (its choices name the score files)
     loss_difference: bool = False  # τ is a difference of two evaluated test losses (float32 resolution applies)
     ground_truth: bool = False  # τ is measured by retraining, not approximated: what the others are judged against

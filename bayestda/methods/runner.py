@@ -117,6 +117,7 @@ def run_method(score_name: str, model: str, task: str, num_per_class: int, seeds
             "diagnostics": diagnostics,
             "versions": {"bayestda": __version__, "torch": str(torch.__version__)},
         }  # fmt: skip
-        save_scores(path, scores, samples.train.idx, samples.test.idx, samples.epochs, seed, score_name, config)
+        epochs = samples.epochs[-len(scores) :]  # a one-per-seed method: the run's last epoch
+        save_scores(path, scores, samples.train.idx, samples.test.idx, epochs, seed, score_name, config)
         done[seed] = path
     return done

@@ -25,6 +25,7 @@ class SeedSamples:
     checkpoints: list[dict]  # read_checkpoint() records, oldest first
     train: Subset
     test: Subset
+    seed_dir: Path | None = None  # where the run is stored (for the command that retrains it)
 
     @property
     def configs(self) -> list[dict]:
@@ -56,4 +57,5 @@ def load_seed_samples(
     if indices_digest(train.idx) != checkpoints[0]["config"]["train_idx_sha1"]:
         raise UserError(f"the {task} training subset of {num_per_class} per class changed since {seed_dir} was trained; "
                         f"retrain with: {train_cmd} --overwrite")  # fmt: skip
-    return SeedSamples(seed, checkpoints, train, load_subset(task, "test", None, data_root, out_root, pixels))
+    test = load_subset(task, "test", None, data_root, out_root, pixels)
+    return SeedSamples(seed, checkpoints, train, test, seed_dir)

@@ -115,8 +115,10 @@ def test_a_registered_method_is_in_the_experiment_graph_with_its_script(logit_me
 
 
 def test_unknown_methods_and_variants_are_one_line_errors():
-    with pytest.raises(UserError, match="unknown method 'tracin'"):
-        registry.get("tracin")
+    with pytest.raises(UserError, match="unknown method 'datamodels'"):
+        registry.get("datamodels")
+    with pytest.raises(UserError, match="unknown method 'tracin-sgd'"):
+        registry.get("tracin-sgd")
     with pytest.raises(UserError, match="unknown method 'if-lissa'"):
         registry.get("if-lissa")
 
@@ -125,6 +127,7 @@ def test_the_paper_methods_and_signs_are_declared_once():
     assert registry.PAPER_METHODS == ("loo-paper", "ats", "if-paper", "gd", "gc")
     assert {m: registry.helps_sign(m) for m in registry.score_names()} == {
         "loo-paper": 1, "loo-paired": 1, "loo-scratch": 1, "ats": -1, "if-paper": -1, "if-ggn": -1, "if-cg": -1,
-        "gd": 1, "gc": 1, "trak": 1,
+        "gd": 1, "gc": 1, "trak": 1, "tracin-cp": 1, "tracin-ideal": 1,
     }  # fmt: skip
-    assert [m.name for m in registry.all_methods().values() if m.per_seed] == ["loo"]
+    assert [m.name for m in registry.all_methods().values() if m.per_seed] == ["loo", "tracin"]
+    assert [m.name for m in registry.all_methods().values() if m.one_per_seed] == ["tracin"]

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""TracIn over one seed's run: `tracin-cp` and `tracin-ideal` against Grad-Dot on one checkpoint (the issue's
+target: TracInCP ≤ 15 × GD, for 15 epochs) and against dattri 0.3.0's `TracInAttributor` given the run's
+end-of-epoch checkpoints and learning rates (a test-only dependency, `pip install -r req-test.txt`).
+
+Times, on the same seed and data: (1) GD on the last checkpoint; (2) tracin-cp, replay and scoring of every epoch
+included; (3) tracin-ideal; (4) dattri's TracInCP (no projection) on the checkpoints our replay produced, which
+it needs stored (the replay's time is not counted for it). Prints each time, the ratios, and how far dattri's
+scores are from ours. Needs the seed trained (step 1).
+
+usage: python bench/bench_tracin.py --task mnist3 --num_per_class 50 [--model cnn] [--seed_id 0] [--skip_dattri]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bayestda import families
+from bayestda.allocator import retain_freed_memory
+from bayestda.func import FunctionalModel
+from bayestda.methods import tracin
+from bayestda.methods.grad_similarity import grad_dot_and_cos
+from bayestda.methods.samples import load_seed_samples
+from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
+from bayestda.replay import replay
+
+
+def dattri_tracin(samples, states: list[dict], lrs: list[float]) -> torch.Tensor:
+    from dattri.algorithm.tracin import TracInAttributor
+    from dattri.task import AttributionTask
+    from torch.func import functional_call
+
+    model = families.init(samples.configs[-1]).eval()
+
+    def loss(params, data):
+        x, y = data
+        return F.cross_entropy(functional_call(model, params, (x[None],)), y[None])
+
+    task = AttributionTask(loss_func=loss, model=model, checkpoints=states)
+    attributor = TracInAttributor(task, weight_list=torch.tensor(lrs), normalized_grad=False)
+    attributor.projector_kwargs = None  # dattri projects unless this is None
+    loader = lambda s: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(s.x, s.y), batch_size=64)  # noqa: E731
+    return attributor.attribute(loader(samples.train), loader(samples.test))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cnn", help="trained model to score: cnn, cnn3, logreg")
+    p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
+    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
+    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--skip_dattri", action="store_true", help="time this package only")
+    p.add_argument("--out_root", help="root of models/ (default: this repository)")
+    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
+    args = p.parse_args()
+    retain_freed_memory()
+    torch.set_num_threads(args.threads)
+    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
+    samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
+                                resolve_data_root(args.data_root))  # fmt: skip
+    cpu = torch.device("cpu")
+    epochs = samples.configs[-1]["epochs"]
+    print(f"{args.model} {args.task} {args.num_per_class}pc seed_id {args.seed_id}: {len(samples.train)} train × "
+          f"{len(samples.test)} test, {epochs} epochs, {torch.get_num_threads()} threads")  # fmt: skip
+
+    model = list(samples.models(cpu, torch.float32))[-1]
+    grad_dot_and_cos(FunctionalModel(model), samples.train, samples.test)  # warm-up: torch.func's lazy imports
+    start = time.perf_counter()
+    grad_dot_and_cos(FunctionalModel(model), samples.train, samples.test)
+    t_gd = time.perf_counter() - start
+    print(f"{'gd, one checkpoint':28s} {t_gd:8.2f} s")
+    times, scores = {}, {}
+    for kind in tracin.KINDS:
+        start = time.perf_counter()
+        scores[kind] = tracin.score(samples, tracin.TracInOptions(kind=kind, chunk=128), cpu)[0][0]
+        times[kind] = time.perf_counter() - start
+        target = f" (the issue's target: ≤ ×{epochs})" if kind == "cp" else ""
+        print(f"{'tracin-' + kind:28s} {times[kind]:8.2f} s   ×{times[kind] / t_gd:.1f} GD{target}")
+    if args.skip_dattri:
+        return
+    try:
+        import dattri  # noqa: F401
+    except ImportError:
+        print("dattri is not installed (pip install -r req-test.txt): no reference timing")
+        return
+    states, lrs = [], []
+
+    def keep(epoch, model, optimizer, train_loss):
+        states.append({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
+        lrs.append(optimizer.param_groups[0]["lr"])
+
+    replay(samples, cpu, on_epoch_end=keep)
+    start = time.perf_counter()
+    theirs = dattri_tracin(samples, states, lrs).double()
+    t_dattri = time.perf_counter() - start
+    ours = scores["cp"].double()
+    rel = ((ours - theirs).norm() / theirs.norm()).item()
+    print(f"{'dattri 0.3.0 TracInCP':28s} {t_dattri:8.2f} s   ×{t_dattri / times['cp']:.1f} tracin-cp; "
+          f"relative difference of the scores {rel:.1e}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""TracIn (both kinds) against a slow loop that retrains the seed itself and takes per-pair dot products of flat
+gradients; the replay's check against the stored checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import single_thread
+from torch.nn import functional as F
+
+from bayestda import families
+from bayestda.data import Subset
+from bayestda.ensemble import EnsembleSpec, train_ensemble
+from bayestda.errors import UserError
+from bayestda.methods import tracin
+from bayestda.methods.samples import load_seed_samples
+from bayestda.paths import read_seeds
+from bayestda.training import TrainExtras, batch_orders
+
+EPOCHS, SEED = 3, read_seeds()[0]
+
+
+@pytest.fixture(scope="module", params=["cnn2", "logreg"])
+def samples(request, tmp_path_factory, data_root):
+    """One seed trained for 3 epochs on MNIST3 20pc (60 images: batches of 32 and 28), scored on 12 test images."""
+    out = tmp_path_factory.mktemp(request.param)
+    spec = EnsembleSpec("mnist3", 20, request.param, epochs=EPOCHS)
+    with single_thread():
+        train_ensemble(spec, [SEED], data_root, out, torch.device("cpu"))
+    loaded = load_seed_samples(spec.model, "mnist3", 20, SEED, out, data_root)
+    test = loaded.test
+    return dataclasses.replace(loaded, test=Subset(test.x[:12], test.y[:12], test.idx[:12]))
+
+
+def _flat_grad(model, params, x, y) -> torch.Tensor:
+    loss = F.cross_entropy(model(x[None]), y[None])
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+
+def reference_tracin(samples, kind: str) -> torch.Tensor:
+    """Retrain from the seed's initialisation with its batch order and a plain Adam loop; at every epoch end (cp)
+    or before every step (ideal), add lr·(∇ℓ_j·∇L(z)) (ideal: lr/B) pair by pair."""
+    config = samples.configs[-1]
+    model = families.init(config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    x, y, test = samples.train.x, samples.train.y, samples.test
+    tau = torch.zeros(len(y), len(test.y), dtype=torch.float64)
+
+    def add(rows, weight):
+        model.eval()
+        g_test = [_flat_grad(model, params, test.x[b], test.y[b]) for b in range(len(test.y))]
+        for j in rows.tolist():
+            g_j = _flat_grad(model, params, x[j], y[j])
+            for b, g in enumerate(g_test):
+                tau[j, b] += weight * torch.dot(g_j.double(), g.double()).item()
+        model.train()
+
+    orders = batch_orders(len(y), config["epochs"], config["batch_seed"])
+    for epoch in range(1, config["epochs"] + 1):
+        model.train()
+        for batch in orders[epoch - 1].split(config["batch_size"]):
+            if kind == "ideal":
+                add(batch, config["lr"] / len(batch))
+            opt.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+        if kind == "cp":
+            add(torch.arange(len(y)), config["lr"])
+    return tau
+
+
+@pytest.mark.parametrize("kind", tracin.KINDS)
+def test_tracin_equals_the_slow_replay_loop(samples, kind):
+    opts = tracin.TracInOptions(kind=kind, chunk=16)
+    with single_thread():
+        got, (diagnostics,) = tracin.score(samples, opts, torch.device("cpu"))
+        want = reference_tracin(samples, kind)
+    assert got.shape == (1, len(samples.train.y), len(samples.test.y))
+    assert diagnostics["max_rel_weight_diff"] == 0.0  # the replay retraces the stored run bit for bit
+    torch.testing.assert_close(got[0].double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    assert want.abs().max() > 0
+
+
+def test_a_replay_that_misses_the_stored_run_is_refused(samples):
+    state = dict(samples.checkpoints[-1]["state_dict"])
+    name = next(iter(state))
+    state[name] = state[name] * 1.01
+    doctored = dataclasses.replace(samples, checkpoints=[*samples.checkpoints[:-1],
+                                                         {**samples.checkpoints[-1], "state_dict": state}])  # fmt: skip
+    with pytest.raises(UserError, match=rf"does not reproduce its checkpoint of epoch {EPOCHS} .*retrain it with: "):
+        tracin.score(doctored, tracin.TracInOptions(chunk=16), torch.device("cpu"))
+
+
+def test_ideal_refuses_a_family_that_augments_or_drops_out(samples, monkeypatch):
+    monkeypatch.setattr(families, "train_extras", lambda config: TrainExtras(rng_seed=1))
+    with pytest.raises(UserError, match=r"tracin-ideal needs each step.s inputs .* use tracin-cp"):
+        tracin.score(samples, tracin.TracInOptions(kind="ideal", chunk=16), torch.device("cpu"))
