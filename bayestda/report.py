@@ -33,7 +33,8 @@ def _table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for row in frame.itertuples(index=False):
-        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
+        cells = ["–" if isinstance(v, float) and np.isnan(v) else format(v, floatfmt) if isinstance(v, float) else str(v)
+                 for v in row]  # NaN: a k that a one-per-seed method lacks  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -463,7 +464,7 @@ def console_summary(res: Path) -> str:
     mean_p = _mean_p_table(summary, "paper")
     noise = _noise_table(summary)["σ > abs(μ)"]
     lines = [f"{res.name}: mean p-value ({P_LABELS['paper']}) per method, over the last k checkpoints of each seed:",
-             mean_p.to_string(float_format=lambda v: f"{v:.3f}"),
+             mean_p.to_string(float_format=lambda v: f"{v:.3f}", na_rep="–"),
              f"share of pairs with σ > |μ| (k={k}): " + ", ".join(f"{m} {v:.1%}" for m, v in noise.items()),
              f"figures: {res / 'figures'}/", f"report: {res / 'README.md'}"]  # fmt: skip
     return "\n".join(lines)
