@@ -86,6 +86,31 @@ def test_finetuning_is_deterministic_and_resumable(finetuned, tiny_vit_dir, data
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_tracin_replays_the_fine_tuning_exactly(finetuned, data_root):
+    """TracIn's replay repeats fine-tuning bit for bit (crops, dropout, linear lr decay; single-threaded, as it was
+    trained), and its per-epoch learning rates are the decayed ones; the per-step kind refuses the ViT."""
+    import dataclasses
+    import itertools
+
+    from bayestda.data import Subset
+    from bayestda.errors import UserError
+    from bayestda.methods import tracin
+    from bayestda.methods.samples import load_seed_samples
+
+    samples = load_seed_samples("vit", "mnist3", 10, 0, finetuned[0], data_root)
+    test = samples.test
+    samples = dataclasses.replace(samples, test=Subset(test.x[:20], test.y[:20], test.idx[:20]))
+    with single_thread():
+        scores, (diagnostics,) = tracin.score(samples, tracin.TracInOptions(chunk=8), torch.device("cpu"))
+    assert diagnostics["max_rel_weight_diff"] == 0.0
+    assert sorted(diagnostics["rel_weight_diff_by_epoch"]) == [1, 2, 3, 4, 5]
+    lrs = diagnostics["epoch_lrs"]
+    assert len(lrs) == 5 and all(a > b > 0 for a, b in itertools.pairwise(lrs))  # linear decay, per step
+    assert scores.shape == (1, 30, 20) and torch.isfinite(scores).all() and scores.abs().sum() > 0
+    with pytest.raises(UserError, match="tracin-ideal needs each step's inputs"):
+        tracin.score(samples, tracin.TracInOptions(kind="ideal", chunk=8), torch.device("cpu"))
+
+
 SLOW = {"gc", "ats", "if-paper", "if-cg", "loo-scratch"}  # same contract, more minutes: in `make test-all`
 
 

@@ -109,8 +109,9 @@ def test_methods_and_models_are_checked():
         "gd",
         "loo-scratch",
     )
-    with pytest.raises(UserError, match="unknown method 'tracin'"):
-        resolve_methods(["tracin"])
+    assert resolve_methods(["tracin"]) == ("tracin-cp",)  # a method's name alone: its default variant
+    with pytest.raises(UserError, match="unknown method 'datamodels'"):
+        resolve_methods(["datamodels"])
     with pytest.raises(UserError, match="unknown method 'loo-lissa'"):
         resolve_methods(["loo"], {"protocol": "lissa"})
     with pytest.raises(UserError, match="unknown model 'resnet'"):

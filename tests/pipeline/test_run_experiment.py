@@ -177,7 +177,7 @@ def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
     "extra, message",
     [
         (["--seed_ids", "12"], "--seed_ids [12] out of range"),
-        (["--methods", "gd,tracin"], "unknown method 'tracin'"),
+        (["--methods", "gd,datamodels"], "unknown method 'datamodels'"),
         (["--model", "resnet"], "unknown model 'resnet'"),
         (["--model_name_or_path", "/x"], "are for --model vit"),
         (["--gpus", "a,b"], "give GPU ids"),
