@@ -133,7 +133,7 @@ def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite:
         title = f"{kind.capitalize()} of {q} ({version} signs), k={k}" + (f" ({', '.join(one)} at k=1)" if one else "")
         plots.correlation_heatmap(table, title, out / "figures" / f"corr_{stem}")
     atomic_write_json({"inputs": inputs, "signs": exp.signs, "one_per_seed": one, "bayestda": __version__}, manifest)
-    if one and k > 1:
+    if one:
         print(f"{', '.join(one)}: one τ per seed (over the whole run): correlated at k = 1 with the others at k = {k}")
     write_results_page(out)
     return out

@@ -14,24 +14,37 @@ from .features import GradFeaturizer, gram_with_test
 from .registry import MemoryOptions, Method, register
 
 
+def _with_train_grads(fm: FunctionalModel, train: Subset, test: Subset, chunk: int, columns_of) -> torch.Tensor:
+    """`gram_with_test` with the columns `columns_of(training gradient features)` maps each test block to."""
+    featurizer = GradFeaturizer(fm, train.x)
+    try:
+        g_train = featurizer.loss_grads(train.x, train.y, chunk)
+        return gram_with_test(featurizer, test, columns_of(g_train), 4 * chunk, chunk)
+    finally:
+        featurizer.close()
+
+
+def grad_dots(fm: FunctionalModel, train: Subset, test: Subset, chunk: int | None = None) -> torch.Tensor:
+    """[n_train, n_test] dot products only; `chunk` defaults to `fm.chunk`."""
+    return _with_train_grads(fm, train, test, chunk or fm.chunk, lambda g_train: g_train.gram)
+
+
 def grad_dot_and_cos(
     fm: FunctionalModel, train: Subset, test: Subset, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([n_train, n_test] dot products, [n_train, n_test] cosines); `chunk` defaults to `fm.chunk`."""
-    chunk = chunk or fm.chunk
-    featurizer = GradFeaturizer(fm, train.x)
-    try:
-        g_train = featurizer.loss_grads(train.x, train.y, chunk)
+
+    def dot_and_cos(g_train):
         train_norm = g_train.sq_norms().sqrt()
 
-        def dot_and_cos(g_test):
+        def columns(g_test):
             dot = g_train.gram(g_test)
             norms = (train_norm[:, None] * g_test.sq_norms().sqrt()[None, :]).clamp_min(torch.finfo(dot.dtype).tiny)
             return torch.stack([dot, dot / norms])
 
-        dots, coss = gram_with_test(featurizer, test, dot_and_cos, 4 * chunk, chunk)
-    finally:
-        featurizer.close()
+        return columns
+
+    dots, coss = _with_train_grads(fm, train, test, chunk or fm.chunk, dot_and_cos)
     return dots, coss
 
 

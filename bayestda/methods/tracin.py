@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..func import FunctionalModel
 from ..options import option
 from ..replay import replay
-from .features import GradFeaturizer, gram_with_test
+from .grad_similarity import grad_dots
 from .registry import MemoryOptions, Method, register
 
 KINDS = ("cp", "ideal")
@@ -46,16 +46,6 @@ def _scoring_copy(model: torch.nn.Module, chunk: int) -> FunctionalModel:
     return FunctionalModel(copy.deepcopy(model).eval(), chunk=chunk)
 
 
-def grad_dots(fm: FunctionalModel, batch: Subset, test: Subset, chunk: int) -> torch.Tensor:
-    """[len(batch), n_test] ∇ℓ(batch sample)·∇L(test sample) at fm's parameters: Grad-Dot's scores."""
-    featurizer = GradFeaturizer(fm, batch.x)
-    try:
-        g_batch = featurizer.loss_grads(batch.x, batch.y, chunk)
-        return gram_with_test(featurizer, test, g_batch.gram, 4 * chunk, chunk)
-    finally:
-        featurizer.close()
-
-
 def score(samples, opts: TracInOptions, device) -> tuple[torch.Tensor, list[dict]]:
     """[1, n_train, n_test] TracIn of one seed's run, and the replay's diagnostics."""
     config = samples.configs[-1]
@@ -71,12 +61,12 @@ def score(samples, opts: TracInOptions, device) -> tuple[torch.Tensor, list[dict
     def at_epoch_end(epoch, model, optimizer, train_loss):
         lr = optimizer.param_groups[0]["lr"]
         lrs.append(lr)
-        total.add_(grad_dots(_scoring_copy(model, opts.chunk), train, test, opts.chunk).double(), alpha=lr)
+        total.add_(grad_dots(_scoring_copy(model, opts.chunk), train, test).double(), alpha=lr)
 
     def before_step(epoch, positions, model, optimizer):
         lr = optimizer.param_groups[0]["lr"]
         batch = Subset(train.x[positions], train.y[positions], train.idx[positions.cpu()])
-        dots = grad_dots(_scoring_copy(model, opts.chunk), batch, test, opts.chunk)
+        dots = grad_dots(_scoring_copy(model, opts.chunk), batch, test)
         total.index_add_(0, positions, dots.double(), alpha=lr / len(positions))
 
     bar = lambda it: tqdm(it, desc=f"tracin-{opts.kind} seed {samples.seed}", unit="epoch", leave=False)  # noqa: E731
