@@ -56,9 +56,11 @@ class ModelFamily:
     # LOO retrains trained at once as one vmapped `ModelStack` (`--stack auto`), by device type: on a CPU the CNNs'
     # one-thread loop is fastest, a GPU wants wide stacks (BENCHMARKS.md)
     auto_stack: dict[str, int] = field(default_factory=lambda: {"cpu": 1, "cuda": 64})
-    # λ per IF solver: the CNN's ggn default, and for cg the paper LiSSA's fixed point (CG needs H + λI positive
-    # definite, and a trained CNN's Hessian is not; `methods/influence.py`)
-    if_damping: dict[str, float] = field(default_factory=lambda: {"ggn": 0.01, "cg": LISSA_FIXED_POINT_DAMPING})
+    # λ per IF solver: the CNN's ggn default (and ekfac's, which approximates the same matrix), and for cg the paper
+    # LiSSA's fixed point (CG needs H + λI positive definite, and a trained CNN's Hessian is not; `methods/influence.py`)
+    if_damping: dict[str, float] = field(
+        default_factory=lambda: {"ggn": 0.01, "cg": LISSA_FIXED_POINT_DAMPING, "ekfac": 0.01}
+    )
     # Why a stored run config can no longer be loaded (an architecture that changed under its name), or None.
     refuse: Callable[[dict], str | None] = lambda config: None
 

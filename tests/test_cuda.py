@@ -30,6 +30,7 @@ CNN_METHODS = {  # method -> (script, extra flags, tolerance on ‖cuda − cpu�
     "if-paper": ("if.py", ["--solver", "paper"], 1e-4),
     "if-ggn": ("if.py", ["--solver", "ggn"], 1e-4),
     "if-cg": ("if.py", ["--solver", "cg", "--tol", "1e-4", "--max_iter", "20"], 1e-3),
+    "if-ekfac": ("if.py", ["--solver", "ekfac"], 1e-4),
     # retraining amplifies rounding, and τ is a small difference of two losses
     # on CUDA, LOO's retrains are stacked (`--stack auto`); on the CPU they run one at a time
     "loo-scratch": ("loo.py", ["--protocol", "scratch", "--workers", "1"], 1e-3),
@@ -45,6 +46,7 @@ VIT_METHODS = {
     "gc": ("gc.py", [], 1e-4),
     "ats": ("ats.py", [], 1e-3),
     "if-paper": ("if.py", ["--solver", "paper"], 1e-3),
+    "if-ekfac": ("if.py", ["--solver", "ekfac"], 1e-3),
     "trak": ("trak.py", ["--damping", "1e-3"], 1e-3),
 }
 METHODS = {"cnn": CNN_METHODS, "vit": VIT_METHODS}

@@ -19,8 +19,11 @@
   gives the Lanczos estimate). The CNN's default λ is therefore 50, the fixed point of the paper's LiSSA;
   `logreg`'s Hessian is positive semi-definite, and its default λ is the weight decay. For checks and
   small cases.
+- `ekfac`: the eigenvalue-corrected K-FAC approximation of the GGN (default) or of the empirical Fisher,
+  inverted in closed form layer by layer (`methods.ekfac`). The approximation the large-model libraries
+  (kronfluence) use; beside `ggn` it shows what the Kronecker factorisation costs.
 
-The damping defaults of `ggn` and `cg` belong to the model family (`families.ModelFamily.if_damping`).
+The damping defaults of `ggn`, `cg` and `ekfac` belong to the model family (`families.ModelFamily.if_damping`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from ..linalg import (
     lissa_transposed,
 )
 from ..options import option
-from . import grad_similarity
+from . import ekfac, grad_similarity
 from .features import GradFeaturizer, gram_with_test
 from .registry import HVPOptions, Method, register
 
@@ -175,12 +178,17 @@ def if_cg(fm: FunctionalModel, train: Subset, test: Subset, damping: float, tol:
 @dataclass(frozen=True)
 class IFOptions(HVPOptions):
     solver: str = option("paper", "how H^-1 is applied: paper (FastIF's LiSSA), ggn (exact damped Gauss-Newton "
-                         "inverse), cg (conjugate gradients on true Hessian-vector products)",
-                         choices=("paper", "ggn", "cg"))  # fmt: skip
-    damping: float | None = option(None, lambda: "ggn, cg: lambda in (H + lambda I); default: the model family's, "
-                                   "ggn/cg: " + families.defaults(lambda f: f"{f.if_damping['ggn']:g}/{f.if_damping['cg']:g}")
+                         "inverse), cg (conjugate gradients on true Hessian-vector products), ekfac (eigenvalue-"
+                         "corrected K-FAC of the GGN or empirical Fisher)",
+                         choices=("paper", "ggn", "cg", "ekfac"))  # fmt: skip
+    damping: float | None = option(None, lambda: "ggn, cg, ekfac: lambda in (H + lambda I); default: the model "
+                                   "family's, ggn/cg/ekfac: " + families.defaults(
+                                       lambda f: "/".join(f"{f.if_damping[s]:g}" for s in ("ggn", "cg", "ekfac")))
                                    + f" (cnn's cg default {LISSA_FIXED_POINT_DAMPING:g} is the fixed point of the "
                                    "paper's LiSSA: CG needs H + lambda I positive definite)", positive=True)  # fmt: skip
+    fisher: str | None = option(None, "ekfac: the curvature it approximates: ggn (the Gauss-Newton matrix that "
+                                "--solver ggn inverts exactly; default) or empirical (the empirical Fisher of the "
+                                "true labels, kronfluence's use_empirical_fisher)", choices=ekfac.FISHERS)  # fmt: skip
     tol: float = option(1e-6, "cg: relative residual to stop at", positive=True)
     max_iter: int = option(1000, "cg: iteration limit", minimum=1)
     lissa_batch_size: int | None = option(None, lambda: "paper: LiSSA's batch size; default: the model family's, "
@@ -195,12 +203,15 @@ class IFOptions(HVPOptions):
 
     def resolve(self, family, on_gpu: bool) -> IFOptions:
         if self.solver == "paper" and self.damping is not None:
-            raise UserError(f"--damping is for --solver ggn or cg; the paper's LiSSA has damping {PAPER_LISSA['damping']:g} "
-                            f"and scale {PAPER_LISSA['scale']:g}")  # fmt: skip
+            raise UserError(f"--damping is for --solver ggn, cg or ekfac; the paper's LiSSA has damping "
+                            f"{PAPER_LISSA['damping']:g} and scale {PAPER_LISSA['scale']:g}")  # fmt: skip
+        if self.solver != "ekfac" and self.fisher is not None:
+            raise UserError("--fisher is for --solver ekfac")
         paper = self.solver == "paper"
         return dataclasses.replace(
             self,
             damping=None if paper else self.damping or family.if_damping[self.solver],
+            fisher=(self.fisher or ekfac.FISHERS[0]) if self.solver == "ekfac" else None,
             lissa_batch_size=self.lissa_batch_size or family.lissa_batch,
             dtype=self.dtype or ("float32" if paper else "float64"),
         )
@@ -211,6 +222,8 @@ def score(fm: FunctionalModel, train: Subset, test: Subset, opts: IFOptions, run
         return if_ggn(fm, train, test, opts.damping), {}
     if opts.solver == "cg":
         return if_cg(fm, train, test, opts.damping, opts.tol, opts.max_iter)
+    if opts.solver == "ekfac":
+        return ekfac.if_ekfac(fm, train, test, opts.damping, opts.fisher)
     d, s, b = PAPER_LISSA["damping"], PAPER_LISSA["scale"], opts.lissa_batch_size
     scores, s_train, g_train = if_paper(fm, train, test, d, s, b)
     if not opts.diagnostics:

@@ -42,7 +42,7 @@ FAMILY = families.register(
     families.ModelFamily(
         name="logreg", summary="a linear softmax classifier on the pixels, the convex control",
         archs={"logreg": "logreg"}, build=build, train_script="train_cnn.py", score_folder="tda_cnn_scripts",
-        if_damping={"ggn": WEIGHT_DECAY, "cg": WEIGHT_DECAY},
+        if_damping={"ggn": WEIGHT_DECAY, "cg": WEIGHT_DECAY, "ekfac": WEIGHT_DECAY},
         # a step of this model is mostly Python overhead, which a stack of retrains shares (BENCHMARKS.md)
         auto_stack={"cpu": 64, "cuda": 64},
     )

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from bayestda.data import Subset, load_subset
 from bayestda.func import FunctionalModel
-from bayestda.methods import ats, influence, loo
+from bayestda.methods import ats, ekfac, influence, loo
 from bayestda.methods.grad_similarity import grad_dot_and_cos
 from bayestda.methods.registry import helps_sign
 from bayestda.paths import REPO_ROOT
@@ -40,6 +40,7 @@ def test_gradient_and_influence_methods_call_the_duplicate_helpful(toy_with_dupl
         "if-paper": influence.if_paper(fm, train_set, test)[0],
         "if-ggn": influence.if_ggn(fm, train_set, test, damping=0.01),
         "if-cg": influence.if_cg(fm, train_set, test, damping=1.0, tol=1e-8)[0],  # λ_min(H) ≈ -0.75 here
+        "if-ekfac": ekfac.if_ekfac(fm, train_set, test, damping=0.01)[0],
     }
     for method, tau in scores.items():
         helps = helps_sign(method) * tau[-1, 0]

@@ -19,6 +19,7 @@ SCRIPTS = {  # method -> (script, extra flags)
     "gc": ("gc.py", []),
     "if-paper": ("if.py", ["--solver", "paper"]),
     "if-ggn": ("if.py", ["--solver", "ggn"]),
+    "if-ekfac": ("if.py", ["--solver", "ekfac"]),
     "loo-scratch": ("loo.py", ["--protocol", "scratch", "--workers", "2"]),
 }
 
@@ -31,7 +32,7 @@ def run(script, *args, data_root):
 
 
 # The same contract, more minutes: in `make test-all` (loo-scratch's script also runs in test_run_experiment).
-SLOW = {"gc", "if-paper", "if-ggn", "loo-scratch"}
+SLOW = {"gc", "if-paper", "if-ggn", "if-ekfac", "loo-scratch"}
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +136,18 @@ def test_if_damping_defaults_come_from_the_model_family():
     name, opts = _if_options()
     assert name == "if-paper" and opts.damping is None and opts.lissa_batch_size == 8 and opts.dtype == "float32"
     assert _if_options("--solver", "ggn")[1].dtype == "float64"
+    ekfac = _if_options("--solver", "ekfac")
+    assert ekfac[0] == "if-ekfac" and (ekfac[1].damping, ekfac[1].fisher, ekfac[1].dtype) == (0.01, "ggn", "float64")
+    assert _if_options("--solver", "ekfac", model="logreg")[1].damping == 5e-3
+    assert _if_options("--solver", "ggn")[1].fisher is None  # recorded only where it applies
 
 
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
-        (["--damping", "0.1"], "--damping is for --solver ggn or cg"),
+        (["--damping", "0.1"], "--damping is for --solver ggn, cg or ekfac"),
+        (["--solver", "ggn", "--fisher", "empirical"], "--fisher is for --solver ekfac"),
+        (["--solver", "ekfac", "--fisher", "exact"], "--fisher"),
         (["--solver", "cg", "--damping", "0"], "--damping must be positive"),
         (["--max_iter", "0"], "--max_iter must be at least 1"),
         (["--hvp_chunk", "0"], "--hvp_chunk must be at least 1"),

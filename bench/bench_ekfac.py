@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""EK-FAC influence on one checkpoint: this package's `if-ekfac` against kronfluence, and its distance to `if-ggn`.
+
+Loads the last checkpoint of one trained seed and times, from the raw model to the final [n, m] scores (factors
+included):
+1. `if-ekfac` as step 2 runs it (the GGN, float64, the family's λ): the issue's target;
+2. `if-ekfac --fisher empirical` in float32, and kronfluence 1.0.1 (a test-only dependency, `pip install -r
+   req-test.txt`) with `strategy="ekfac"`, `use_empirical_fisher=True`, its default dtypes and the same λ: the
+   same quantity, so the scores must agree (the largest difference relative to the largest score is printed);
+3. `if-ggn` (the exact damped GGN inverse EK-FAC approximates): the Spearman and relative error of 1. against it.
+
+Memory: the peak resident size of the process is printed at the end (kronfluence's part included). Needs the
+seed trained (step 1).
+
+usage: python bench/bench_ekfac.py --task mnist3 --num_per_class 50 [--model cnn] [--seed_id 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch._dynamo
+from scipy.stats import spearmanr
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bayestda import families
+from bayestda.allocator import retain_freed_memory
+from bayestda.data import Subset
+from bayestda.func import FunctionalModel
+from bayestda.methods.ekfac import if_ekfac
+from bayestda.methods.influence import if_ggn
+from bayestda.methods.samples import load_seed_samples
+from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
+
+
+def as_dtype(subset: Subset, dtype) -> Subset:
+    return Subset(subset.x.to(dtype), subset.y, subset.idx)
+
+
+def kronfluence_scores(model, train, test, damping: float, out_dir: str) -> torch.Tensor:
+    """[n_train, n_test] −(kronfluence's pairwise EK-FAC scores of the empirical Fisher): IF's sign."""
+    import kronfluence
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+
+    class Classification(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            x, y = batch
+            return F.cross_entropy(model(x), y, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            return self.compute_train_loss(batch, model)
+
+    task = Classification()
+    model = kronfluence.prepare_model(model, task)
+    analyzer = kronfluence.Analyzer("bench", model, task, cpu=True, disable_tqdm=True, output_dir=out_dir)
+    as_dataset = lambda d: list(zip(d.x, d.y, strict=True))  # noqa: E731
+    analyzer.fit_all_factors("f", as_dataset(train), per_device_batch_size=128, overwrite_output_dir=True,
+                             factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True))  # fmt: skip
+    analyzer.compute_pairwise_scores("s", "f", as_dataset(test), as_dataset(train), per_device_query_batch_size=128,
+                                     per_device_train_batch_size=128, overwrite_output_dir=True,
+                                     score_args=ScoreArguments(damping_factor=damping))  # fmt: skip
+    return -analyzer.load_pairwise_scores("s")["all_modules"].T
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cnn", help="trained model to score: cnn, cnn3, logreg")
+    p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
+    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
+    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--skip_ggn", action="store_true", help="skip the exact GGN (3.; minutes at CIFAR10-50pc)")
+    p.add_argument("--out_root", help="root of models/ (default: this repository)")
+    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
+    args = p.parse_args()
+    retain_freed_memory()
+    torch.set_num_threads(args.threads)
+    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
+    samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
+                                resolve_data_root(args.data_root))  # fmt: skip
+    samples.checkpoints = samples.checkpoints[-1:]  # the last one
+    damping = families.of_model(args.model).if_damping["ekfac"]
+    print(f"{args.model} {args.task} {args.num_per_class}pc seed_id {args.seed_id}, epoch {samples.epochs[-1]}: "
+          f"{len(samples.train)} train × {len(samples.test)} test, λ = {damping:g}, {torch.get_num_threads()} threads")  # fmt: skip
+
+    def timed(label, fn):
+        start = time.perf_counter()
+        out = fn()
+        print(f"{label:44s} {time.perf_counter() - start:8.2f} s")
+        return out, time.perf_counter() - start
+
+    def scored(dtype, **kwargs):
+        model = next(iter(samples.models("cpu", dtype)))
+        train, test = as_dtype(samples.train, dtype), as_dtype(samples.test, dtype)
+        return if_ekfac(FunctionalModel(model), train, test, damping, **kwargs)[0]
+
+    ggn_fisher, _ = timed("if-ekfac (GGN, float64): step 2's default", lambda: scored(torch.float64))
+    empirical, t_ours = timed(
+        "if-ekfac --fisher empirical (float32)", lambda: scored(torch.float32, fisher="empirical")
+    )
+    try:
+        import kronfluence  # noqa: F401
+    except ImportError:
+        print("kronfluence is not installed (pip install -r req-test.txt): no reference timing")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = next(iter(samples.models("cpu", torch.float32)))
+            theirs, t_theirs = timed("kronfluence 1.0.1 ekfac, empirical Fisher",
+                                     lambda: kronfluence_scores(model, samples.train, samples.test, damping, tmp))  # fmt: skip
+        diff = ((empirical - theirs).abs().max() / theirs.abs().max()).item()
+        print(f"ratio kronfluence / bayestda: ×{t_theirs / t_ours:.1f};  max |difference| / max |score|: {diff:.1e}")
+    if not args.skip_ggn:
+        model = next(iter(samples.models("cpu", torch.float64)))
+        train, test = as_dtype(samples.train, torch.float64), as_dtype(samples.test, torch.float64)
+        exact, _ = timed("if-ggn (exact damped GGN)", lambda: if_ggn(FunctionalModel(model), train, test, damping))
+        rel = ((ggn_fisher - exact).norm() / exact.norm()).item()
+        rho = spearmanr(ggn_fisher.flatten().numpy(), exact.flatten().numpy())[0]
+        print(f"if-ekfac against if-ggn: Spearman {rho:.3f}, relative error ‖ekfac − ggn‖/‖ggn‖ {rel:.3f}")
+    print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
