@@ -9,6 +9,7 @@ of the noise between initialisation and batch order.
 
 Examples:
   python report_experiment.py --experiment cnn_mnist3_10pc
+  python report_experiment.py --experiment cnn_mnist3_50pc --distance if-ekfac:if-ggn
   python report_experiment.py --compare cnn_mnist3_50pc cnn3_mnist3_50pc
   python report_experiment.py --compare cnn_mnist3_50pc cnn-deinit_mnist3_50pc cnn-debatch_mnist3_50pc
 """
@@ -31,8 +32,17 @@ def main():
     p.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/; default: the repository")
     p.add_argument("--data_root", default=None,
                    help=f"folder holding MNIST/raw and cifar-10-batches-py (for the labels in (b)); default ${DATA_ROOT_ENV}, else ./data")  # fmt: skip
+    p.add_argument("--distance", nargs="+", default=[], metavar="METHOD:REFERENCE",
+                   help="also how far METHOD's scores are from REFERENCE's on each posterior sample: Spearman and "
+                   "relative error, e.g. if-ekfac:if-ggn (EK-FAC against the exact GGN inverse)")  # fmt: skip
     add_paper_subsets_dir(p)
     args = p.parse_args()
+    distances = []
+    for pair in args.distance:
+        method, _, reference = pair.partition(":")
+        if not method or not reference:
+            p.error(f"--distance {pair}: give METHOD:REFERENCE, e.g. if-ekfac:if-ggn")
+        distances.append((method, reference))
     methods = [m for m in args.methods.split(",") if m]
     out_root = resolve_out_root(args.out_root)
     if args.compare:
@@ -41,7 +51,7 @@ def main():
     model, task, n = parse_experiment_name(args.experiment)
     data_root = resolve_data_root(args.data_root)
     labels = load_split(task, True, data_root)[1], load_split(task, False, data_root)[1]
-    print(experiment_report(out_root, model, task, n, methods, args.num_ckpts, labels, data_root))
+    print(experiment_report(out_root, model, task, n, methods, args.num_ckpts, labels, data_root, distances))
 
 
 if __name__ == "__main__":

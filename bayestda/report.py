@@ -299,6 +299,27 @@ def fixed_sample_agreement(exp: Experiment, truth: str, methods: list[str] | Non
     return pd.DataFrame(rows)
 
 
+def sample_distance(exp: Experiment, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """How far one method's τ is from another's on the same posterior samples, per (method, reference) pair: over
+    the samples (seed, checkpoint epoch) both have, the Spearman correlation over all pairs (signs aligned) and the
+    relative error ‖τ − τ_ref‖ / ‖τ_ref‖ (signs aligned; meaningful where both are in the same units, as the IF
+    solvers are: if-ekfac against if-ggn, the exact inverse it approximates)."""
+    rows = []
+    for method, ref in pairs:
+        a, b = exp.stacked[method], exp.stacked[ref]
+        sign = exp.signs[method] * exp.signs[ref]
+        rhos, errors = [], []
+        for i in range(len(exp.seeds)):
+            for j in range(1, min(a.shape[1], b.shape[1]) + 1):  # epochs counted from the last one
+                x, y = sign * a[i, -j].astype(np.float64), b[i, -j].astype(np.float64)
+                rhos.append(stats.spearmanr(x.ravel(), y.ravel()).statistic)
+                errors.append(float(np.linalg.norm(x - y) / np.linalg.norm(y)))
+        rows.append({"method": method, "reference": ref, "samples": len(rhos),
+                     "mean Spearman": float(np.mean(rhos)), "sd": float(np.std(rhos, ddof=1)) if len(rhos) > 1 else float("nan"),
+                     "mean relative error": float(np.mean(errors)), "min": min(errors), "max": max(errors)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def correlation_matrix(res: Path, file: str) -> str:
     m = pd.read_csv(res / "correlations" / f"{file}.csv", index_col=0)
     return _table(m.reset_index().rename(columns={"index": ""}), ".2f")
@@ -388,11 +409,13 @@ def check_results_agree(out_root: Path, model: str, task: str, n: int) -> Experi
 
 
 def experiment_report(out_root: Path, model: str, task: str, n: int, methods: list[str], k: int = 5,
-                      labels: tuple[np.ndarray, np.ndarray] | None = None, data_root: Path | None = None) -> str:  # fmt: skip
+                      labels: tuple[np.ndarray, np.ndarray] | None = None, data_root: Path | None = None,
+                      distances: list[tuple[str, str]] = ()) -> str:  # fmt: skip
     """Every table, for those of `methods` that steps 3 and 4 covered.
 
     `labels` (train and test labels of the whole splits) add the profile of the stable LOO pairs to (b);
-    `data_root` adds the distance of the last checkpoints from a stationary point (`stationarity`).
+    `data_root` adds the distance of the last checkpoints from a stationary point (`stationarity`);
+    `distances`, (method, reference) pairs, a `sample_distance` table.
     """
     res = results_dir(out_root, model, task, n)
     exp = check_results_agree(out_root, model, task, n)
@@ -405,6 +428,13 @@ def experiment_report(out_root: Path, model: str, task: str, n: int, methods: li
     if truths:  # the first ground truth named, e.g. loo-scratch
         fixed.append(f"Agreement with {truths[0]} on single posterior samples (the same seed and epoch):\n\n"
                      + _table(fixed_sample_agreement(exp, truths[0], methods)))  # fmt: skip
+    for pair in distances:
+        if any(m not in exp.methods for m in pair):
+            raise UserError(f"--distance {':'.join(pair)}: steps 3 and 4 of {experiment_name(model, task, n)} covered "
+                            f"{', '.join(exp.methods)}; name two of those")  # fmt: skip
+    if distances:
+        fixed.append("Distance between methods on single posterior samples (the same seed and epoch):\n\n"
+                     + _table(sample_distance(exp, list(distances))))  # fmt: skip
     parts = [
         f"#### {model} {task} {n}pc",
         "Accuracy (final epoch, on the test subset) and training time:\n\n"

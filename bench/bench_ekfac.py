@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
     p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
     p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
+    p.add_argument("--damping", type=float, help="λ (default: the model family's, as step 2)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--skip_ggn", action="store_true", help="skip the exact GGN (3.; minutes at CIFAR10-50pc)")
     p.add_argument("--out_root", help="root of models/ (default: this repository)")
@@ -88,7 +89,7 @@ def main() -> None:
     samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
                                 resolve_data_root(args.data_root))  # fmt: skip
     samples.checkpoints = samples.checkpoints[-1:]  # the last one
-    damping = families.of_model(args.model).if_damping["ekfac"]
+    damping = args.damping or families.of_model(args.model).if_damping["ekfac"]
     print(f"{args.model} {args.task} {args.num_per_class}pc seed_id {args.seed_id}, epoch {samples.epochs[-1]}: "
           f"{len(samples.train)} train × {len(samples.test)} test, λ = {damping:g}, {torch.get_num_threads()} threads")  # fmt: skip
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-METHODS = ("gd", "gc", "ats", "if-paper", "if-ggn", "if-cg", "trak", "loo-scratch", "loo-paper")
+METHODS = ("gd", "gc", "ats", "if-paper", "if-ggn", "if-cg", "if-ekfac", "trak", "loo-scratch", "loo-paper")
 
 
 def step_options(method: str, args):

@@ -121,3 +121,32 @@ def test_fixed_sample_agreement_pairs_each_sample_with_the_truth_of_its_seed_and
         assert table.loc[method, "mean Spearman"] == pytest.approx(np.mean(rhos))
         assert table.loc[method, "sd"] == pytest.approx(np.std(rhos, ddof=1))
     assert table.loc["loo-scratch", "mean Spearman"] == pytest.approx(1.0)
+
+
+def test_sample_distance_is_a_per_sample_spearman_and_relative_error(tmp_path):
+    """Against a plain numpy loop on synthetic scores: same seed and epoch, signs aligned (gd helps with τ > 0,
+    if-ggn with τ < 0), over the epochs both have."""
+    from helpers import write_synthetic
+    from scipy import stats
+
+    from bayestda.report import sample_distance
+    from bayestda.statistics import load_experiment
+
+    write_synthetic(tmp_path, methods=("if-ggn", "if-ekfac", "gd"))
+    exp = load_experiment("cnn", "mnist3", 10, tmp_path, ["if-ggn", "if-ekfac", "gd"])
+    table = sample_distance(exp, [("if-ekfac", "if-ggn"), ("gd", "if-ggn")]).set_index("method")
+    ref = np.asarray(exp.stacked["if-ggn"], dtype=np.float64)
+    for method, sign in (("if-ekfac", 1), ("gd", -1)):
+        own = np.asarray(exp.stacked[method], dtype=np.float64) * sign
+        rhos, errors = [], []
+        for i in range(len(exp.seeds)):
+            for e in range(5):
+                rhos.append(stats.spearmanr(own[i, e].ravel(), ref[i, e].ravel()).statistic)
+                errors.append(np.linalg.norm(own[i, e] - ref[i, e]) / np.linalg.norm(ref[i, e]))
+        row = table.loc[method]
+        assert row["reference"] == "if-ggn" and row["samples"] == len(rhos) == 50
+        assert row["mean Spearman"] == pytest.approx(np.mean(rhos))
+        assert row["sd"] == pytest.approx(np.std(rhos, ddof=1))
+        assert row["mean relative error"] == pytest.approx(np.mean(errors))
+        assert (row["min"], row["max"]) == pytest.approx((min(errors), max(errors)))
+    assert table.loc["if-ekfac", "mean relative error"] > 0.1  # the synthetic methods differ in scale

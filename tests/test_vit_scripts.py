@@ -23,6 +23,7 @@ SCRIPTS = {  # method -> (script, extra flags)
     "ats": ("ats.py", []),
     "if-paper": ("if.py", ["--solver", "paper"]),
     "if-cg": ("if.py", ["--solver", "cg", "--max_iter", "50"]),
+    "if-ekfac": ("if.py", ["--solver", "ekfac"]),
     "loo-scratch": ("loo.py", ["--protocol", "scratch", "--workers", "2"]),
 }
 
@@ -111,7 +112,7 @@ def test_tracin_replays_the_fine_tuning_exactly(finetuned, data_root):
         tracin.score(samples, tracin.TracInOptions(kind="ideal", chunk=8), torch.device("cpu"))
 
 
-SLOW = {"gc", "ats", "if-paper", "if-cg", "loo-scratch"}  # same contract, more minutes: in `make test-all`
+SLOW = {"gc", "ats", "if-paper", "if-cg", "if-ekfac", "loo-scratch"}  # same contract, more minutes: in `make test-all`
 
 
 @pytest.fixture(scope="module")
