@@ -190,14 +190,21 @@ class EKFAC:
     q_s: list[torch.Tensor] = field(default_factory=list)
     eigenvalues: list[torch.Tensor] = field(default_factory=list)
 
-    def rotated_factors(self, x: torch.Tensor, y: torch.Tensor, kind: str):
-        """(Q_Aᵀ a [N, T, in'], Q_Sᵀ δ [K, N, T, out]) per layer: Q_Sᵀ G_ik Q_A = Σ_t (Q_Sᵀ δ_ikt)(Q_Aᵀ a_it)ᵀ."""
+    def rotated(self, x: torch.Tensor, y: torch.Tensor, kind: str):
+        """Q_Sᵀ G_ik Q_A per layer for the batch's pseudo-gradients (`cotangents`), in the cheaper of two forms:
+        a layer with one position gives (Q_Aᵀ a [N, in'], Q_Sᵀ δ [K, N, out]), whose outer products they are;
+        one with many (a conv) the rotated gradients [K, N, out, in'] (summing over positions first is cheaper
+        than rotating every position)."""
         for (a, d), q_a, q_s in zip(self.taps(x, y, kind), self.q_a, self.q_s, strict=True):
-            yield a @ q_a, d @ q_s
+            if a.shape[1] == 1:
+                yield a[:, 0] @ q_a, d[:, :, 0] @ q_s
+            else:
+                yield q_s.T @ torch.einsum("knto,nti->knoi", d, a) @ q_a
 
     def rotate(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Q_Sᵀ G Q_A per layer for the loss gradients of the batch: [N, out, in']."""
-        return [torch.einsum("nto,nti->noi", d[0], a) for a, d in self.rotated_factors(x, y, "loss")]
+        return [g[0] if isinstance(g, torch.Tensor) else g[1][0, :, :, None] * g[0][:, None]
+                for g in self.rotated(x, y, "loss")]  # fmt: skip
 
     def inverse_hvp(self, flat: torch.Tensor, damping: float) -> torch.Tensor:
         """(F̂ + λI)⁻¹ v for flat parameter vectors [N, P]."""
@@ -226,11 +233,12 @@ def fit_ekfac(taps: LayerTaps, train: Subset, kind: str, chunk: int) -> EKFAC:
         curvature.q_s.append(torch.linalg.eigh(s.double())[1].to(s.dtype))
     lam = [0.0] * n_layers
     for xb, yb in batches:
-        for i, (a, d) in enumerate(curvature.rotated_factors(xb, yb, kind)):
-            if a.shape[1] == 1:  # one position: Σ_k (d_k ⊗ a)² = (Σ_k d_k²) ⊗ a², no [K, N, out, in'] tensor
-                lam[i] = lam[i] + d[:, :, 0].square().sum(0).T @ a[:, 0].square()
-            else:
-                lam[i] = lam[i] + sum(torch.einsum("nto,nti->noi", d_k, a).square().sum(0) for d_k in d)
+        for i, g in enumerate(curvature.rotated(xb, yb, kind)):
+            if isinstance(g, torch.Tensor):
+                lam[i] = lam[i] + g.square().sum((0, 1))
+            else:  # one position: Σ_k (d_k ⊗ a)² = (Σ_k d_k²) ⊗ a², no [K, N, out, in'] tensor
+                a, d = g
+                lam[i] = lam[i] + d.square().sum(0).T @ a.square()
     curvature.eigenvalues = [x / len(train) for x in lam]
     return curvature
 
@@ -252,13 +260,14 @@ def if_ekfac(fm: FunctionalModel, train: Subset, test: Subset, damping: float, f
         scores = train.x.new_zeros(len(train), len(test))
         for lo in range(0, len(test), chunk):
             block = scores[:, lo : lo + chunk]
-            factors = curvature.rotated_factors(test.x[lo : lo + chunk], test.y[lo : lo + chunk], "loss")
-            for pre, (a, d) in zip(left, factors, strict=True):
-                if a.shape[1] == 1:  # a test gradient d aᵀ: ⟨P_j, d aᵀ⟩ = dᵀ P_j a, without forming d aᵀ
-                    pa = (pre.flatten(0, 1) @ a[:, 0].T).view(*pre.shape[:2], -1)  # [n, out, block]
-                    block -= (pa * d[0, :, 0].T).sum(1)
-                else:
-                    block -= pre.flatten(1) @ torch.einsum("nto,nti->noi", d[0], a).flatten(1).T
+            rotated = curvature.rotated(test.x[lo : lo + chunk], test.y[lo : lo + chunk], "loss")
+            for pre, g in zip(left, rotated, strict=True):
+                if isinstance(g, torch.Tensor):
+                    block -= pre.flatten(1) @ g[0].flatten(1).T
+                else:  # a test gradient d aᵀ: ⟨P_j, d aᵀ⟩ = dᵀ P_j a, without forming d aᵀ
+                    a, d = g
+                    pa = (pre.flatten(0, 1) @ a.T).view(*pre.shape[:2], -1)  # [n, out, block]
+                    block -= (pa * d[0].T).sum(1)
     finally:
         taps.close()
     info = {

@@ -194,7 +194,8 @@ class IFOptions(HVPOptions):
     lissa_batch_size: int | None = option(None, lambda: "paper: LiSSA's batch size; default: the model family's, "
                                           f"as the original: {families.defaults(lambda f: f.lissa_batch)}",
                                           minimum=1)  # fmt: skip
-    dtype: str | None = option(None, "default: float32 for paper, float64 otherwise", choices=("float32", "float64"))
+    dtype: str | None = option(None, "default: float32 for paper and ekfac (whose eigendecompositions are float64, "
+                               "as kronfluence's), float64 otherwise", choices=("float32", "float64"))  # fmt: skip
     diagnostics: bool = option(
         True,
         "paper: skip the fixed-point diagnostics (a CG solve for 8 probe gradients, and a fit of IF to GD)",
@@ -213,7 +214,7 @@ class IFOptions(HVPOptions):
             damping=None if paper else self.damping or family.if_damping[self.solver],
             fisher=(self.fisher or ekfac.FISHERS[0]) if self.solver == "ekfac" else None,
             lissa_batch_size=self.lissa_batch_size or family.lissa_batch,
-            dtype=self.dtype or ("float32" if paper else "float64"),
+            dtype=self.dtype or ("float32" if self.solver in ("paper", "ekfac") else "float64"),
         )
 
 

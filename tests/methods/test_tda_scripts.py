@@ -137,7 +137,7 @@ def test_if_damping_defaults_come_from_the_model_family():
     assert name == "if-paper" and opts.damping is None and opts.lissa_batch_size == 8 and opts.dtype == "float32"
     assert _if_options("--solver", "ggn")[1].dtype == "float64"
     ekfac = _if_options("--solver", "ekfac")
-    assert ekfac[0] == "if-ekfac" and (ekfac[1].damping, ekfac[1].fisher, ekfac[1].dtype) == (0.01, "ggn", "float64")
+    assert ekfac[0] == "if-ekfac" and (ekfac[1].damping, ekfac[1].fisher, ekfac[1].dtype) == (0.01, "ggn", "float32")
     assert _if_options("--solver", "ekfac", model="logreg")[1].damping == 5e-3
     assert _if_options("--solver", "ggn")[1].fisher is None  # recorded only where it applies
 
