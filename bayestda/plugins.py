@@ -24,4 +24,8 @@ class Registry(dict):
             path = importlib.import_module(self.package).__path__
             for module in sorted(m.name for m in pkgutil.iter_modules(path)):
                 importlib.import_module(f"{self.package}.{module}")
+            # one order whichever module a caller happened to import first: by name
+            ordered = sorted(self.items())
+            self.clear()
+            self.update(ordered)
         return self

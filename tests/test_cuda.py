@@ -40,6 +40,7 @@ CNN_METHODS = {  # method -> (script, extra flags, tolerance on ‖cuda − cpu�
     # the replay on CUDA retraces the CPU-trained run within `replay.TOLERANCE`, or is refused
     "tracin-cp": ("tracin.py", ["--kind", "cp"], 1e-3),
     "tracin-ideal": ("tracin.py", ["--kind", "ideal"], 1e-3),
+    "ud": ("ud.py", [], 1e-3),  # a replay too
 }
 VIT_METHODS = {
     "gd": ("gd.py", [], 1e-4),

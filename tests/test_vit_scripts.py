@@ -191,3 +191,10 @@ def test_vit_errors_are_one_line(finetuned, run_script, tiny_vit_dir, tmp_path):
 )
 def test_help(script_help, script):
     assert "--seed_id" in script_help(script)
+
+
+def test_ud_refuses_the_vit_in_one_line(finetuned, run_script):
+    out, _ = finetuned
+    proc = run_script("tda_vit_scripts/ud.py", *COMMON, "--seed_id", "0", "--out_root", str(out))
+    one_line_error(proc, "random augmentation or dropout", "use the CNNs or logreg")
+    assert not score_file(out, "vit", "ud", "mnist3", 10, 0).exists()

@@ -16,7 +16,7 @@ A declaration holds everything the steps need to know about a method:
 
 The step-2 scripts, the runner, steps 3 and 4, the figures and the report all read from here. Each
 method registers itself in its own module under `bayestda/methods/` (`ats`, `grad_similarity`,
-`influence`, `loo`, `trak`, `tracin`), which the registry imports on first use; a module elsewhere registers when it is
+`influence`, `loo`, `trak`, `tracin`, `ud`), which the registry imports on first use; a module elsewhere registers when it is
 imported. See the README, "Adding a method or a model".
 """
 

@@ -127,7 +127,7 @@ def test_the_paper_methods_and_signs_are_declared_once():
     assert registry.PAPER_METHODS == ("loo-paper", "ats", "if-paper", "gd", "gc")
     assert {m: registry.helps_sign(m) for m in registry.score_names()} == {
         "loo-paper": 1, "loo-paired": 1, "loo-scratch": 1, "ats": -1, "if-paper": -1, "if-ggn": -1, "if-cg": -1,
-        "if-ekfac": -1, "gd": 1, "gc": 1, "trak": 1, "tracin-cp": 1, "tracin-ideal": 1,
+        "if-ekfac": -1, "gd": 1, "gc": 1, "trak": 1, "tracin-cp": 1, "tracin-ideal": 1, "ud": 1,
     }  # fmt: skip
-    assert [m.name for m in registry.all_methods().values() if m.per_seed] == ["loo", "tracin"]
+    assert [m.name for m in registry.all_methods().values() if m.per_seed] == ["loo", "tracin", "ud"]
     assert [m.name for m in registry.all_methods().values() if m.one_per_seed] == ["tracin"]

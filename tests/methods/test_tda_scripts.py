@@ -20,6 +20,7 @@ SCRIPTS = {  # method -> (script, extra flags)
     "if-paper": ("if.py", ["--solver", "paper"]),
     "if-ggn": ("if.py", ["--solver", "ggn"]),
     "if-ekfac": ("if.py", ["--solver", "ekfac"]),
+    "ud": ("ud.py", ["--chunk", "16"]),
     "loo-scratch": ("loo.py", ["--protocol", "scratch", "--workers", "2"]),
 }
 
@@ -32,7 +33,7 @@ def run(script, *args, data_root):
 
 
 # The same contract, more minutes: in `make test-all` (loo-scratch's script also runs in test_run_experiment).
-SLOW = {"gc", "if-paper", "if-ggn", "if-ekfac", "loo-scratch"}
+SLOW = {"gc", "if-paper", "if-ggn", "if-ekfac", "ud", "loo-scratch"}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_untrained_seed_and_unknown_model_are_one_line_errors(trained, data_root
     assert proc.returncode == 2 and "unknown model 'resnet'" in proc.stderr
 
 
-@pytest.mark.parametrize("script", ["gd.py", "gc.py", "ats.py", "if.py", "loo.py"])
+@pytest.mark.parametrize("script", ["gd.py", "gc.py", "ats.py", "if.py", "loo.py", "trak.py", "tracin.py", "ud.py"])
 def test_help(script_help, script):
     text = script_help(f"tda_cnn_scripts/{script}")
     assert "--seed_id" in text and "--model" in text

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Unrolled differentiation (`ud`) against LOO-scratch on one seed (the issue's targets: ud ≤ 3 × loo-scratch,
+peak ≤ 4 GiB, at MNIST3-50pc).
+
+Each method runs a whole seed in a fresh process, through step 2's own options and scorer, and reports its wall
+time and peak resident memory (LOO's with its worker processes); both use the cores given (`--threads`: ud's
+torch threads, LOO's worker processes). Then how far ud, the first-order prediction of the retrain without z_j,
+is from that retrain: per checkpoint epoch, the Spearman and Pearson correlation over every (train, test) pair.
+Needs the seed trained (step 1).
+
+usage: python bench/bench_ud.py --task mnist3 --num_per_class 50 [--model cnn] [--seed_id 0] [--out_root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+METHODS = ("loo-scratch", "ud")
+
+
+def measure_one(args) -> dict:
+    """Score the seed with one method in this process; wall time, peak RSS, and the scores saved to --save."""
+    import torch
+
+    from bayestda.allocator import retain_freed_memory
+    from bayestda.methods.cli import parse_method_args
+    from bayestda.methods.runner import compute, peak_memory_gib
+    from bayestda.methods.samples import load_seed_samples
+    from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
+
+    retain_freed_memory()  # as step 2 does (cli.run)
+    torch.set_num_threads(1 if args.method.startswith("loo") else args.threads)
+    flags = ["--protocol", "scratch", "--workers", str(args.threads)] if args.method == "loo-scratch" else []
+    argv = ["--model", args.model, "--task", args.task, "--num_per_class", str(args.num_per_class), "--device", "cpu"]
+    options = parse_method_args("", args.method.split("-")[0], args.model, argv + flags)[2]
+    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
+    samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
+                                resolve_data_root(args.data_root))  # fmt: skip
+    start = time.perf_counter()
+    scores, _ = compute(args.method, samples, options, "cpu")
+    wall = time.perf_counter() - start
+    torch.save(scores, args.save)
+    return {"method": args.method, "wall_s": wall, "peak_rss_gib": peak_memory_gib("cpu")["rss"]}
+
+
+def agreement(scores: dict) -> list[str]:
+    """Per checkpoint epoch: Spearman and Pearson of ud's τ with loo-scratch's over every pair."""
+    from scipy import stats
+
+    rows = []
+    for e, (a, b) in enumerate(zip(scores["ud"], scores["loo-scratch"], strict=True)):
+        a, b = a.flatten().double().numpy(), b.flatten().double().numpy()
+        rows.append(f"  checkpoint {e + 1} of {len(scores['ud'])}: Spearman {stats.spearmanr(a, b).statistic:.3f}, "
+                    f"Pearson {stats.pearsonr(a, b).statistic:.3f}")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cnn", help="trained model to score: cnn, cnn3, logreg")
+    p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
+    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
+    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
+    p.add_argument("--threads", type=int, default=2, help="cores for each method: ud's threads, LOO's workers")
+    p.add_argument("--out_root", help="root of models/ (default: this repository)")
+    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
+    p.add_argument("--method", help=argparse.SUPPRESS)  # internal: measure this one method in this process
+    p.add_argument("--save", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.method:
+        print(json.dumps(measure_one(args)))
+        return
+    import torch
+
+    print(f"{args.model} {args.task} {args.num_per_class}pc, seed_id {args.seed_id}, a whole seed; one process each, "
+          f"{args.threads} cores")  # fmt: skip
+    rows, scores = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in METHODS:
+            save = Path(tmp) / f"{method}.pt"
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method, "--save", str(save)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{method} failed: {proc.stderr.strip().splitlines()[-1]}")
+            rows[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+            scores[method] = torch.load(save)
+            print(f"{method:12s} {rows[method]['wall_s']:8.1f} s   peak RSS {rows[method]['peak_rss_gib']:.2f} GiB",
+                  flush=True)  # fmt: skip
+    ratio = rows["ud"]["wall_s"] / rows["loo-scratch"]["wall_s"]
+    print(f"ud / loo-scratch: ×{ratio:.2f} (the issue's target: ≤ ×3); ud's peak {rows['ud']['peak_rss_gib']:.2f} GiB "
+          "(target: ≤ 4 GiB)")  # fmt: skip
+    print("ud against loo-scratch on this seed (its first-order prediction against the retrain):")
+    print("\n".join(agreement(scores)))
+
+
+if __name__ == "__main__":
+    main()

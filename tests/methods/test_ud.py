@@ -1,0 +1,76 @@
+"""Unrolled differentiation against central finite differences of real retrains (float64), and its refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bayestda import families
+from bayestda.errors import UserError
+from bayestda.methods import ud
+from bayestda.training import TrainConfig, TrainExtras, batch_orders, evaluate, make_optimizer, train
+
+from .reference import TinyNet, toy_data
+
+EPS = 1e-4
+CFG = TrainConfig(epochs=3, lr=1e-2, batch_size=4)  # 10 images: batches of 4, 4 and 2 per epoch
+
+
+@pytest.fixture(scope="module", params=["cnn", "logreg"])
+def run(request):
+    """(initial model, train, test, batch order): a small conv net or a linear softmax model, float64."""
+    torch.manual_seed(0)
+    model = TinyNet() if request.param == "cnn" else nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    return model.double(), toy_data(10), toy_data(5, seed=1), batch_orders(10, CFG.epochs, 3)
+
+
+def losses_by_epoch(init, data, test, orders, weight=None) -> dict[int, torch.Tensor]:
+    """Test losses at every epoch end of a real retrain with per-sample loss weights (batch means unchanged)."""
+    model = copy.deepcopy(init)
+    out = {}
+    hook = lambda epoch, model, opt, loss: out.__setitem__(epoch, evaluate(model, test)[0])  # noqa: E731
+    train(model, make_optimizer(model, CFG), data, orders, CFG, sample_weight=weight, on_epoch_end=hook)
+    return out
+
+
+def test_ud_equals_central_differences_of_reweighted_retrains(run):
+    init, data, test, orders = run
+    tangents = ud.UnrolledTangents(data, test, CFG.weight_decay, score_epochs=[1, 2, 3], chunk=3, hvp_chunk=3)
+    model = copy.deepcopy(init)
+    train(model, make_optimizer(model, CFG), data, orders, CFG, before_step=tangents.before_step,
+          on_epoch_end=tangents.on_epoch_end)  # fmt: skip
+    for j in (0, 4, 9):  # in a full batch, in another, in the short last batch of some epoch
+        up, down = (losses_by_epoch(init, data, test, orders, torch.ones(10, dtype=torch.float64).index_fill(0, torch.tensor([j]), 1 + s))
+                    for s in (EPS, -EPS))  # fmt: skip
+        for epoch in (1, 2, 3):
+            derivative = (up[epoch] - down[epoch]) / (2 * EPS)
+            torch.testing.assert_close(
+                tangents.scores[epoch][j], -derivative, rtol=1e-5, atol=1e-5 * derivative.abs().max()
+            )
+
+
+def test_ud_removes_nothing_at_zero_order(run):
+    """τ is a derivative: a training point never reached by any step (epochs = 0) has τ = 0, and the scores of
+    a point depend on its own weight only (the number of tangents per HVP does not change them)."""
+    init, data, test, orders = run
+    results = []
+    for chunk in (1, 10):
+        tangents = ud.UnrolledTangents(data, test, CFG.weight_decay, score_epochs=[2], chunk=4, hvp_chunk=chunk)
+        model = copy.deepcopy(init)
+        train(model, make_optimizer(model, CFG), data, orders[:2], TrainConfig(epochs=2, lr=CFG.lr, batch_size=4),
+              before_step=tangents.before_step, on_epoch_end=tangents.on_epoch_end)  # fmt: skip
+        results.append(tangents.scores[2])
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-14)
+    assert results[0].abs().sum() > 0
+
+
+def test_families_that_augment_or_drop_out_are_refused_in_one_line(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(families, "train_extras", lambda config: TrainExtras(rng_seed=1))
+    samples = SimpleNamespace(configs=[{"family": "vit"}])
+    with pytest.raises(UserError, match="random augmentation or dropout, which it does not replay; use the CNNs"):
+        ud.score(samples, ud.UDOptions(chunk=4, hvp_chunk=4), torch.device("cpu"))
