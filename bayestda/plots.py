@@ -84,3 +84,32 @@ def correlation_heatmap(table: pd.DataFrame, title: str, stem: Path) -> list[Pat
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", rotation=45)
     return save(fig, stem)
+
+
+def predicted_vs_true(true: np.ndarray, predicted: dict[str, np.ndarray], measure: str, stem: Path) -> list[Path]:
+    """Distributional TDA: one panel per method, a method's predicted measure against the retrained truth over all
+    pairs (log-density hexbins), with the line y = x."""
+    fig, axes = plt.subplots(1, len(predicted), figsize=(3.4 * len(predicted), 3.2), squeeze=False)
+    t = true.ravel()
+    for ax, (method, values) in zip(axes[0], predicted.items(), strict=True):
+        p = values.ravel()
+        ax.hexbin(t, p, gridsize=40, bins="log", mincnt=1, cmap="viridis")
+        ends = [min(t.min(), p.min()), max(t.max(), p.max())]
+        ax.plot(ends, ends, "k--", lw=1)
+        ax.set(title=label(method), xlabel=f"true {measure}")
+    axes[0][0].set_ylabel(f"predicted {measure}")
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def fixed_seed_by_epoch(by_epoch: pd.DataFrame, stem: Path) -> list[Path]:
+    """Per method, the Spearman correlation with LOO-scratch on the same seed against the checkpoint epoch (mean
+    over seeds, ± sd)."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method, rows in by_epoch.groupby("method", sort=False):
+        ax.errorbar(rows["epoch"], rows["mean spearman"], yerr=rows["sd"], marker="o", capsize=2, label=label(method))
+    ax.set(xlabel="checkpoint epoch", ylabel="Spearman with LOO-scratch, same seed")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, stem)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,7 @@ class Experiment:
     stacked: dict[str, np.ndarray]  # method -> float32 [seeds, ckpts, train, test]
     signs: dict[str, int]
     configs: dict[str, dict]
+    epochs: list[int] = field(default_factory=list)  # the checkpoint epochs of the per-checkpoint score files
 
     @property
     def name(self) -> str:
@@ -277,7 +278,7 @@ def load_experiment(
     return Experiment(
         model, task, num_per_class, out_root, list(methods), seeds,
         first["train_idx"].numpy(), first["test_idx"].numpy(), max(a.shape[1] for a in stacked.values()), stacked,
-        signs, configs,
+        signs, configs, max((list(records[m][seeds[0]]["ckpt_epochs"]) for m in methods), key=len),
     )  # fmt: skip
 
 

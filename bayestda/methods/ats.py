@@ -76,5 +76,6 @@ def score(fm: FunctionalModel, train: Subset, test: Subset, opts: ATSOptions, ru
 METHOD = register(
     Method(
         name="ats", label="ATS", helps_sign=-1, options=ATSOptions, score=score, loss_difference=True,
+        removal=lambda n: -1.0,  # a step towards z_j, reversed: its sign, not its scale, is a removal's
     )
 )  # fmt: skip

@@ -236,5 +236,6 @@ def score(fm: FunctionalModel, train: Subset, test: Subset, opts: IFOptions, run
 METHOD = register(
     Method(
         name="if", label="IF", helps_sign=-1, options=IFOptions, score=score, variant="solver",
+        removal=lambda n: -1.0 / n,  # removing z_j from the mean loss moves θ by H⁻¹∇L(z_j)/n
     )
 )  # fmt: skip

@@ -298,6 +298,6 @@ def score(samples: SeedSamples, opts: LOOOptions, device) -> tuple[torch.Tensor,
 METHOD = register(
     Method(
         name="loo", label="LOO", helps_sign=+1, options=LOOOptions, score=score, per_seed=True, variant="protocol",
-        loss_difference=True, ground_truth=True,
+        loss_difference=True, ground_truth=True, removal=lambda n: 1.0,
     )
 )  # fmt: skip

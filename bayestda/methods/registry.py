@@ -7,6 +7,9 @@ A declaration holds everything the steps need to know about a method:
 - its kind: scored on each checkpoint (`per_seed=False`), or once per seed from the seed's whole run
   (`per_seed=True`: LOO retrains, TracIn); a per-seed method with `one_per_seed` gives one τ per seed, not one
   per checkpoint (TracIn sums over the whole run), so steps 3–4 have only k = 1 for it;
+- whether τ is in loss units (`removal`): the factor that turns it into a prediction of
+  L(z; θ without z_j) − L(z; θ), given the number of training points n; None for similarities (GD, GC, TRAK,
+  TracIn), which predict no loss, so the distributional measures (`distributional.py`) refuse them;
 - its options, a frozen dataclass (`options.option` fields): their defaults, --help text and ranges;
 - its scorer:
   - per checkpoint: `score(fm, train, test, opts, run_config) -> ([n_train, n_test], diagnostics)`, with
@@ -81,6 +84,7 @@ class Method:
     variant: str | None = None  # the options field that picks a variant (its choices name the score files)
     loss_difference: bool = False  # τ is a difference of two evaluated test losses (float32 resolution applies)
     ground_truth: bool = False  # τ is measured by retraining, not approximated: what the others are judged against
+    removal: Callable[[int], float] | None = None  # n -> factor: factor·τ predicts the loss change of removing z_j
 
     @property
     def variants(self) -> tuple[str, ...]:

@@ -144,4 +144,6 @@ def score(samples, opts: UDOptions, device) -> tuple[torch.Tensor, list[dict]]:
     return torch.stack([tangents.scores[e] for e in samples.epochs]).float().cpu(), [diagnostics] * len(samples.epochs)
 
 
-METHOD = register(Method(name="ud", label="UD", helps_sign=+1, options=UDOptions, score=score, per_seed=True))
+METHOD = register(
+    Method(name="ud", label="UD", helps_sign=+1, options=UDOptions, score=score, per_seed=True, removal=lambda n: 1.0)
+)

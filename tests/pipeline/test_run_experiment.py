@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from bayestda.cli import available_cores, run
-from bayestda.paths import REPO_ROOT, score_file
+from bayestda.paths import REPO_ROOT, read_seeds, score_file
 from bayestda.pipeline.cli import main
 from bayestda.report import common_share
 
@@ -252,3 +253,35 @@ def test_gpus_that_torch_does_not_see_are_an_error_not_a_cpu_run(tmp_path, data_
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"--gpus {gpus}: torch sees" in proc.stderr and "--gpus none" in proc.stderr
     assert not (tmp_path / "models").exists()  # refused before any task ran
+
+
+def test_distributional_step_reads_back_the_experiment(by_runner, data_root):
+    """Step 5 on the runner's experiment: its base losses plus loo-scratch's τ are the losses of a retrain without
+    z_j (one retrain, the slow reference), and its refusals are one line with exit status 2."""
+    from bayestda import distributional
+    from bayestda.methods import loo
+    from bayestda.methods.samples import load_seed_samples
+    from bayestda.statistics import load_experiment
+
+    args = ["compute_distributional.py", "--experiment", "cnn_mnist3_10pc", "--num_ckpts", "2", "--seed_ids",
+            *SEED_IDS, "--out_root", str(by_runner)]  # fmt: skip
+    proc = sh([*args, "--methods", "loo-scratch,gd", "--measures", "dmean"], data_root)
+    assert proc.returncode == 0, proc.stderr
+    assert "Ground truth: the top 1% of pairs by |Δmean| and by W2 overlap" in proc.stdout
+    truth = pd.read_csv(by_runner / "results/cnn_mnist3_10pc/distributional/ground_truth.csv")
+    mu = pd.read_csv(by_runner / "results/cnn_mnist3_10pc/mu/loo-scratch_k2.csv", index_col=0).to_numpy()
+    np.testing.assert_allclose(truth["dmean"].to_numpy(), mu.ravel(), rtol=1e-5, atol=1e-7)
+
+    seeds = [read_seeds()[int(k)] for k in SEED_IDS]
+    exp = load_experiment("cnn", "mnist3", 10, by_runner, ["loo-scratch"], seeds)
+    base = distributional.base_losses(exp, data_root, k=1)  # the last checkpoint
+    samples = load_seed_samples("cnn", "mnist3", 10, exp.seeds[0], by_runner, data_root)
+    ctx = loo.retrain_context("scratch", samples, "cpu")
+    retrained = loo.run_retrain(ctx, loo.Retrain(3, zero_weight=False))[-1].double().numpy()
+    np.testing.assert_allclose(base[0] + exp.scores("loo-scratch")[0, -1, 3], retrained, rtol=1e-5, atol=1e-6)
+
+    refused = sh([*args, "--methods", "loo-scratch,gd", "--measures", "dmean,w2"], data_root)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "gd is not in loss units" in refused.stderr
+    missing = sh([*args, "--methods", "gd", "--measures", "dmean"], data_root)
+    assert missing.returncode == 2 and "--methods loo-scratch)" in missing.stderr

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Step 5, distributional TDA: how removing z_j changes the distribution of a test loss over the seeds (Δmean,
+Δstd, W1, W2, KS), measured by loo-scratch's retrains, and how well each method predicts it; the fixed-seed
+view against the across-seed view. Needs steps 1–2 for loo-scratch and the methods (the checkpoints give each
+seed's base losses). What each quantity means: bayestda/distributional.py.
+
+Writes results/<experiment>/distributional/: ground_truth.csv, scores.csv, fixed_seed_by_epoch.csv,
+fixed_vs_across.csv, summary.json and figures/.
+
+Examples:
+  python compute_distributional.py --experiment cnn_mnist3_10pc --methods loo-scratch,ud,if-ggn,ats,if-paper
+  python compute_distributional.py --experiment cnn_mnist3_10pc --methods loo-scratch,ud,gd,trak --measures dmean
+"""
+
+from bayestda.analysis import check_num_ckpts
+from bayestda.cli import at_least, run
+from bayestda.distributional import (
+    MEASURES,
+    base_losses,
+    check_measures,
+    check_truth,
+    console_summary,
+    write_distributional,
+)
+from bayestda.paths import DATA_ROOT_ENV, resolve_data_root
+from bayestda.stats_cli import experiment_from_args, parser
+
+
+def main():
+    p = parser(__doc__)
+    p.set_defaults(methods="loo-scratch,ud,if-ggn,if-paper,ats")
+    p.add_argument("--measures", default=",".join(MEASURES),
+                   help=f"comma-separated, of {', '.join(MEASURES)}; methods that are not in loss units (gd, gc, trak, "
+                   "tracin) have dmean only, the ranking of their μ")  # fmt: skip
+    p.add_argument("--num_ckpts", type=at_least(1), default=5, help="last checkpoints averaged per seed (k)")
+    p.add_argument("--data_root", default=None,
+                   help=f"folder holding MNIST/raw and cifar-10-batches-py; default ${DATA_ROOT_ENV}, else ./data")  # fmt: skip
+    args = p.parse_args()
+    asked = [m for m in args.measures.split(",") if m]
+    if unknown := [m for m in asked if m not in MEASURES]:
+        p.error(f"--measures: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    exp = experiment_from_args(p, args)
+    check_truth(exp)
+    check_measures(exp, [m for m in exp.methods if m != "loo-scratch"], asked)
+    k = check_num_ckpts("--num_ckpts", args.num_ckpts, exp)
+    base = base_losses(exp, resolve_data_root(args.data_root), k)
+    out = write_distributional(exp, base, k, asked, args.overwrite)
+    if out is None:
+        print(f"{exp.name}: distributional results up to date, skipped (--overwrite to redo)")
+        out = exp.results_dir / "distributional"
+    print(console_summary(out))
+
+
+if __name__ == "__main__":
+    run(main)
