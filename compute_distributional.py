@@ -20,6 +20,7 @@ from bayestda.distributional import (
     check_measures,
     check_truth,
     console_summary,
+    removal_factor,
     write_distributional,
 )
 from bayestda.paths import DATA_ROOT_ENV, resolve_data_root
@@ -29,19 +30,24 @@ from bayestda.stats_cli import experiment_from_args, parser
 def main():
     p = parser(__doc__)
     p.set_defaults(methods="loo-scratch,ud,if-ggn,if-paper,ats")
-    p.add_argument("--measures", default=",".join(MEASURES),
-                   help=f"comma-separated, of {', '.join(MEASURES)}; methods that are not in loss units (gd, gc, trak, "
-                   "tracin) have dmean only, the ranking of their μ")  # fmt: skip
+    p.add_argument("--measures", default=None,
+                   help=f"comma-separated, of {', '.join(MEASURES)}. Methods that are not in loss units (gd, gc, trak, "
+                   "tracin) have dmean only, the ranking of their μ: asked for another measure, they are refused. "
+                   "Default: every measure each method has")  # fmt: skip
     p.add_argument("--num_ckpts", type=at_least(1), default=5, help="last checkpoints averaged per seed (k)")
     p.add_argument("--data_root", default=None,
                    help=f"folder holding MNIST/raw and cifar-10-batches-py; default ${DATA_ROOT_ENV}, else ./data")  # fmt: skip
     args = p.parse_args()
-    asked = [m for m in args.measures.split(",") if m]
+    asked = [m for m in (args.measures or ",".join(MEASURES)).split(",") if m]
     if unknown := [m for m in asked if m not in MEASURES]:
         p.error(f"--measures: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
     exp = experiment_from_args(p, args)
     check_truth(exp)
-    check_measures(exp, [m for m in exp.methods if m != "loo-scratch"], asked)
+    predicted = [m for m in exp.methods if m != "loo-scratch"]
+    if args.measures is not None:
+        check_measures(exp, predicted, asked)
+    elif similarities := [m for m in predicted if removal_factor(m, len(exp.train_idx)) is None]:
+        print(f"{', '.join(similarities)}: not in loss units, so scored on the ranking of Δmean only")
     k = check_num_ckpts("--num_ckpts", args.num_ckpts, exp)
     base = base_losses(exp, resolve_data_root(args.data_root), k)
     out = write_distributional(exp, base, k, asked, args.overwrite)

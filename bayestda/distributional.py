@@ -161,7 +161,7 @@ def prediction_scores(exp: Experiment, base: np.ndarray, truth: dict, methods: l
     for method in methods:
         factor = removal_factor(method, len(exp.train_idx))
         pred = predicted_measures(exp, base, method, k)
-        for measure in asked:
+        for measure in [m for m in asked if m in pred]:  # a similarity has Δmean only
             p, t = pred[measure].ravel(), truth[measure].ravel()
             rank = np.abs if measure in SIGNED else (lambda x: x)
             rows.append({

@@ -80,6 +80,8 @@ def test_a_similarity_is_scored_on_the_ranking_of_dmean_only(synthetic):
     mu = exp.scores("gd").mean((0, 1)).ravel()
     assert row["spearman"] == pytest.approx(stats.spearmanr(mu, truth["dmean"].ravel()).statistic)
     assert np.isnan(row["pearson"]) and not row["loss units"]
+    mixed = dist.prediction_scores(exp, base, truth, ["gd", "ud"], list(dist.MEASURES), k=5)
+    assert list(mixed[mixed.method == "gd"].measure) == ["dmean"] and len(mixed[mixed.method == "ud"]) == 5
     with pytest.raises(UserError, match=r"gd is not in loss units .* has no w2, ks; drop it from --methods or ask"):
         dist.check_measures(exp, ["ud", "gd"], ["dmean", "w2", "ks"])
     dist.check_measures(exp, ["ud", "gd"], ["dmean"])  # allowed

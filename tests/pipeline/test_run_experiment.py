@@ -265,9 +265,10 @@ def test_distributional_step_reads_back_the_experiment(by_runner, data_root):
 
     args = ["compute_distributional.py", "--experiment", "cnn_mnist3_10pc", "--num_ckpts", "2", "--seed_ids",
             *SEED_IDS, "--out_root", str(by_runner)]  # fmt: skip
-    proc = sh([*args, "--methods", "loo-scratch,gd", "--measures", "dmean"], data_root)
+    proc = sh([*args, "--methods", "loo-scratch,gd"], data_root)  # gd: Δmean only, by default
     assert proc.returncode == 0, proc.stderr
     assert "Ground truth: the top 1% of pairs by |Δmean| and by W2 overlap" in proc.stdout
+    assert "gd: not in loss units, so scored on the ranking of Δmean only" in proc.stdout
     truth = pd.read_csv(by_runner / "results/cnn_mnist3_10pc/distributional/ground_truth.csv")
     mu = pd.read_csv(by_runner / "results/cnn_mnist3_10pc/mu/loo-scratch_k2.csv", index_col=0).to_numpy()
     np.testing.assert_allclose(truth["dmean"].to_numpy(), mu.ravel(), rtol=1e-5, atol=1e-7)
