@@ -74,3 +74,59 @@ def test_families_that_augment_or_drop_out_are_refused_in_one_line(monkeypatch):
     samples = SimpleNamespace(configs=[{"family": "vit"}])
     with pytest.raises(UserError, match="random augmentation or dropout, which it does not replay; use the CNNs"):
         ud.score(samples, ud.UDOptions(chunk=4, hvp_chunk=4), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory, data_root):
+    """One cnn seed trained for 3 epochs on MNIST3 20pc (60 images), scored on 8 test images."""
+    import dataclasses
+
+    from helpers import single_thread
+
+    from bayestda.data import Subset
+    from bayestda.ensemble import EnsembleSpec, train_ensemble
+    from bayestda.methods.samples import load_seed_samples
+    from bayestda.paths import read_seeds
+
+    out, seed = tmp_path_factory.mktemp("ud"), read_seeds()[0]
+    spec = EnsembleSpec("mnist3", 20, "cnn2", epochs=3)
+    with single_thread():
+        train_ensemble(spec, [seed], data_root, out, torch.device("cpu"))
+    loaded = load_seed_samples(spec.model, "mnist3", 20, seed, out, data_root)
+    test = loaded.test
+    return dataclasses.replace(loaded, test=Subset(test.x[:8], test.y[:8], test.idx[:8]))
+
+
+def test_the_step_replays_the_stored_run_and_scores_its_checkpoint_epochs(samples):
+    """ud.score (through the replay of the real training loop and its checks) equals the same tangents carried by
+    hand through the seed's initialisation, batch order and optimiser settings, epoch by epoch. (Float32 here, as
+    the step; the maths is checked in float64 above. In float32 the two differ by ≈ 2% of the norm on this seed:
+    Adam's step is ill-conditioned in coordinates whose gradient is near its ε, see REPRODUCTION.md.)"""
+    from helpers import single_thread
+
+    config = samples.configs[-1]
+    cfg = TrainConfig.from_config(config)
+    with single_thread():
+        got, diagnostics = ud.score(samples, ud.UDOptions(chunk=8, hvp_chunk=16), torch.device("cpu"))
+        model = families.init(config)
+        tangents = ud.UnrolledTangents(samples.train, samples.test, config["weight_decay"], samples.epochs, chunk=8,
+                                       hvp_chunk=16)  # fmt: skip
+        train(model, make_optimizer(model, cfg), samples.train, batch_orders(60, cfg.epochs, config["batch_seed"]), cfg,
+              extras=families.train_extras(config), before_step=tangents.before_step,
+              on_epoch_end=tangents.on_epoch_end)  # fmt: skip
+    assert got.shape == (len(samples.epochs), 60, 8) and diagnostics[0]["max_rel_weight_diff"] == 0.0
+    want = torch.stack([tangents.scores[e] for e in samples.epochs])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert want.abs().max() > 0
+
+
+def test_a_seed_whose_checkpoints_the_replay_misses_is_refused(samples):
+    import dataclasses
+
+    state = dict(samples.checkpoints[-1]["state_dict"])
+    name = next(iter(state))
+    state[name] = state[name] * 1.01
+    doctored = dataclasses.replace(samples, checkpoints=[*samples.checkpoints[:-1],
+                                                         {**samples.checkpoints[-1], "state_dict": state}])  # fmt: skip
+    with pytest.raises(UserError, match=r"does not reproduce its checkpoint of epoch 3 .*retrain it with: "):
+        ud.score(doctored, ud.UDOptions(chunk=8, hvp_chunk=16), torch.device("cpu"))
