@@ -221,12 +221,12 @@ def write_distributional(exp: Experiment, base: np.ndarray, k: int, asked: list[
     frame = pd.DataFrame({m: v.ravel() for m, v in truth.items()})
     frame.insert(0, "test_idx", np.tile(exp.test_idx, len(exp.train_idx)))
     frame.insert(0, "train_idx", np.repeat(exp.train_idx, len(exp.test_idx)))
-    atomic_write_csv(frame, out / "ground_truth.csv")
+    atomic_write_csv(frame.set_index(["train_idx", "test_idx"]), out / "ground_truth.csv")
     scores = prediction_scores(exp, base, truth, predicted, asked, k)
-    atomic_write_csv(scores, out / "scores.csv", float_format="%.4f")
+    atomic_write_csv(scores.set_index(["method", "measure"]), out / "scores.csv", float_format="%.4f")
     by_epoch, versus = fixed_seed_view(exp, predicted, k)
-    atomic_write_csv(by_epoch, out / "fixed_seed_by_epoch.csv", float_format="%.4f")
-    atomic_write_csv(versus, out / "fixed_vs_across.csv", float_format="%.4f")
+    atomic_write_csv(by_epoch.set_index(["method", "epoch"]), out / "fixed_seed_by_epoch.csv", float_format="%.4f")
+    atomic_write_csv(versus.set_index("method"), out / "fixed_vs_across.csv", float_format="%.4f")
     summary = {"k": k, "seeds": len(exp.seeds), "pairs": int(truth["dmean"].size),
                "top1pct_overlap_abs_dmean_w2": truth_overlap(truth),
                "truth_mean": {m: float(np.mean(v)) for m, v in truth.items()}}  # fmt: skip

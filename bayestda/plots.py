@@ -105,11 +105,12 @@ def predicted_vs_true(true: np.ndarray, predicted: dict[str, np.ndarray], measur
 def fixed_seed_by_epoch(by_epoch: pd.DataFrame, stem: Path) -> list[Path]:
     """Per method, the Spearman correlation with LOO-scratch on the same seed against the checkpoint epoch (mean
     over seeds, ± sd)."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for method, rows in by_epoch.groupby("method", sort=False):
         ax.errorbar(rows["epoch"], rows["mean spearman"], yerr=rows["sd"], marker="o", capsize=2, label=label(method))
-    ax.set(xlabel="checkpoint epoch", ylabel="Spearman with LOO-scratch, same seed")
+    ax.set(xlabel="checkpoint epoch", ylabel="Spearman with LOO-scratch, same seed",
+           xticks=sorted(by_epoch["epoch"].unique()))  # fmt: skip
     ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return save(fig, stem)
