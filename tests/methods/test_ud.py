@@ -97,6 +97,7 @@ def samples(tmp_path_factory, data_root):
     return dataclasses.replace(loaded, test=Subset(test.x[:8], test.y[:8], test.idx[:8]))
 
 
+@pytest.mark.slow  # a trained seed and two replays; the maths is checked by the fast tests above
 def test_the_step_replays_the_stored_run_and_scores_its_checkpoint_epochs(samples):
     """ud.score (through the replay of the real training loop and its checks) equals the same tangents carried by
     hand through the seed's initialisation, batch order and optimiser settings, epoch by epoch. (Float32 here, as
@@ -120,6 +121,7 @@ def test_the_step_replays_the_stored_run_and_scores_its_checkpoint_epochs(sample
     assert want.abs().max() > 0
 
 
+@pytest.mark.slow
 def test_a_seed_whose_checkpoints_the_replay_misses_is_refused(samples):
     import dataclasses
 
