@@ -128,6 +128,12 @@ class TrainExtras:
     rng_seed: int | None = None
     precision: str = "fp32"
 
+    @property
+    def random(self) -> bool:
+        """A step is a random function of its batch (augmentation or dropout): methods that differentiate or
+        re-evaluate single steps of a replay cannot follow it."""
+        return self.augment is not None or self.rng_seed is not None
+
 
 def _lr_factors(n_train: int, cfg: TrainConfig) -> Callable[[int, int], float]:
     """(epoch, batch) -> lr multiplier of the linear schedule: 1 at the first step, 1/T at the last."""

@@ -49,12 +49,10 @@ def _scoring_copy(model: torch.nn.Module, chunk: int) -> FunctionalModel:
 def score(samples, opts: TracInOptions, device) -> tuple[torch.Tensor, list[dict]]:
     """[1, n_train, n_test] TracIn of one seed's run, and the replay's diagnostics."""
     config = samples.configs[-1]
-    extras = families.train_extras(config)
-    if opts.kind == "ideal" and (extras.augment is not None or extras.rng_seed is not None):
+    if opts.kind == "ideal" and families.train_extras(config).random:
         raise UserError(f"tracin-ideal needs each step's inputs as the model saw them, but the {config['family']} "
                         "family trains with random augmentation or dropout; use tracin-cp (--kind cp)")  # fmt: skip
-    train = Subset(samples.train.x.to(device), samples.train.y.to(device), samples.train.idx)
-    test = Subset(samples.test.x.to(device), samples.test.y.to(device), samples.test.idx)
+    train, test = samples.train.to(device), samples.test.to(device)
     total = torch.zeros(len(train), len(test), dtype=torch.float64, device=device)
     lrs = []
 

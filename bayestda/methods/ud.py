@@ -131,13 +131,17 @@ class UDOptions(MemoryOptions):
 def score(samples, opts: UDOptions, device) -> tuple[torch.Tensor, list[dict]]:
     """[n_ckpts, n_train, n_test] τ_ud of one seed at its checkpoint epochs, and the replay's diagnostics."""
     config = samples.configs[-1]
-    extras = families.train_extras(config)
-    if extras.augment is not None or extras.rng_seed is not None:
+    if families.train_extras(config).random:
         raise UserError(f"ud differentiates each Adam step of the run, but the {config['family']} family trains with "
                         "random augmentation or dropout, which it does not replay; use the CNNs or logreg")  # fmt: skip
-    train = Subset(samples.train.x.to(device), samples.train.y.to(device), samples.train.idx)
-    test = Subset(samples.test.x.to(device), samples.test.y.to(device), samples.test.idx)
-    tangents = UnrolledTangents(train, test, config["weight_decay"], samples.epochs, opts.chunk, opts.hvp_chunk)
+    tangents = UnrolledTangents(
+        samples.train.to(device),
+        samples.test.to(device),
+        config["weight_decay"],
+        samples.epochs,
+        opts.chunk,
+        opts.hvp_chunk,
+    )
     bar = lambda it: tqdm(it, desc=f"ud seed {samples.seed}", unit="epoch", leave=False)  # noqa: E731
     diagnostics = replay(samples, device, on_epoch_end=tangents.on_epoch_end, before_step=tangents.before_step,
                          progress=bar)  # fmt: skip
