@@ -16,6 +16,7 @@ from bayestda.analysis import check_num_ckpts
 from bayestda.cli import at_least, run
 from bayestda.distributional import (
     MEASURES,
+    TRUTH,
     base_losses,
     check_measures,
     check_truth,
@@ -43,7 +44,7 @@ def main():
         p.error(f"--measures: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
     exp = experiment_from_args(p, args)
     check_truth(exp)
-    predicted = [m for m in exp.methods if m != "loo-scratch"]
+    predicted = [m for m in exp.methods if m != TRUTH]
     if args.measures is not None:
         check_measures(exp, predicted, asked)
     elif similarities := [m for m in predicted if removal_factor(m, len(exp.train_idx)) is None]:

@@ -39,6 +39,7 @@ from .errors import UserError
 from .io import atomic_write_csv, atomic_write_json, remove_stale_temp_files
 from .methods import registry
 from .methods.samples import load_seed_samples
+from .report import fixed_sample_spearman
 from .statistics import Experiment, average_last_checkpoints
 from .training import evaluate
 
@@ -153,14 +154,13 @@ def predicted_measures(exp: Experiment, base: np.ndarray, method: str, k: int) -
     return measures(before, before + factor * tau)
 
 
-def prediction_scores(exp: Experiment, base: np.ndarray, truth: dict, methods: list[str], asked: list[str],
-                      k: int) -> pd.DataFrame:  # fmt: skip
-    """Per method and measure: Spearman and Pearson between predicted and true over all pairs, and the top-1%
-    overlap. A similarity is scored on the ranking of Δmean only (its aligned μ; no Pearson)."""
+def prediction_scores(exp: Experiment, truth: dict, predicted: dict[str, dict], asked: list[str]) -> pd.DataFrame:
+    """Per method and measure: Spearman and Pearson between predicted (`predicted_measures` of each method) and true
+    over all pairs, and the top-1% overlap. A similarity is scored on the ranking of Δmean only (its aligned μ; no
+    Pearson)."""
     rows = []
-    for method in methods:
+    for method, pred in predicted.items():
         factor = removal_factor(method, len(exp.train_idx))
-        pred = predicted_measures(exp, base, method, k)
         for measure in [m for m in asked if m in pred]:  # a similarity has Δmean only
             p, t = pred[measure].ravel(), truth[measure].ravel()
             rank = np.abs if measure in SIGNED else (lambda x: x)
@@ -181,22 +181,15 @@ def truth_overlap(truth: dict) -> float:
 def fixed_seed_view(exp: Experiment, methods: list[str], k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per method and checkpoint epoch: mean and sd over seeds of Spearman(τ̂_s,e, τ_s,e of loo-scratch);
     per method: the mean of those over epochs beside Spearman(μ̂, μ) at k), signs aligned to "helps"."""
-    truth = exp.scores(TRUTH)
     mu_truth = _per_seed(exp, TRUTH, k).mean(0).ravel()
     by_epoch, summary = [], []
-    epochs = exp.epochs
     for method in methods:
-        s = exp.scores(method)
-        sign = exp.signs[method] * exp.signs[TRUTH]
-        rhos_all = []
-        for j in range(1, s.shape[1] + 1):  # counted from the last epoch: a one-per-seed method has the last only
-            rhos = [stats.spearmanr(s[i, -j].ravel(), truth[i, -j].ravel()).statistic * sign
-                    for i in range(len(exp.seeds))]  # fmt: skip
-            rhos_all += rhos
-            by_epoch.append({"method": method, "epoch": epochs[-j], "seeds": len(rhos),
-                             "mean spearman": float(np.mean(rhos)), "sd": float(np.std(rhos, ddof=1))})  # fmt: skip
-        mu = _per_seed(exp, method, k).mean(0).ravel() * sign
-        summary.append({"method": method, "fixed-seed spearman (mean over seeds and epochs)": float(np.mean(rhos_all)),
+        rhos = fixed_sample_spearman(exp, method, TRUTH)  # [epochs counted from the last, seeds]
+        for j, per_seed in enumerate(rhos, start=1):
+            by_epoch.append({"method": method, "epoch": exp.epochs[-j], "seeds": len(per_seed),
+                             "mean spearman": float(np.mean(per_seed)), "sd": float(np.std(per_seed, ddof=1))})  # fmt: skip
+        mu = _per_seed(exp, method, k).mean(0).ravel() * exp.signs[method] * exp.signs[TRUTH]
+        summary.append({"method": method, "fixed-seed spearman (mean over seeds and epochs)": float(np.mean(rhos)),
                         f"spearman of mu with {TRUTH}'s (k={k})": stats.spearmanr(mu, mu_truth).statistic})  # fmt: skip
     return pd.DataFrame(by_epoch).sort_values(["method", "epoch"]), pd.DataFrame(summary)
 
@@ -222,7 +215,8 @@ def write_distributional(exp: Experiment, base: np.ndarray, k: int, asked: list[
     frame.insert(0, "test_idx", np.tile(exp.test_idx, len(exp.train_idx)))
     frame.insert(0, "train_idx", np.repeat(exp.train_idx, len(exp.test_idx)))
     atomic_write_csv(frame.set_index(["train_idx", "test_idx"]), out / "ground_truth.csv")
-    scores = prediction_scores(exp, base, truth, predicted, asked, k)
+    predictions = {m: predicted_measures(exp, base, m, k) for m in predicted}
+    scores = prediction_scores(exp, truth, predictions, asked)
     atomic_write_csv(scores.set_index(["method", "measure"]), out / "scores.csv", float_format="%.4f")
     by_epoch, versus = fixed_seed_view(exp, predicted, k)
     atomic_write_csv(by_epoch.set_index(["method", "epoch"]), out / "fixed_seed_by_epoch.csv", float_format="%.4f")
@@ -231,13 +225,9 @@ def write_distributional(exp: Experiment, base: np.ndarray, k: int, asked: list[
                "top1pct_overlap_abs_dmean_w2": truth_overlap(truth),
                "truth_mean": {m: float(np.mean(v)) for m, v in truth.items()}}  # fmt: skip
     atomic_write_json(summary, out / "summary.json")
-    in_loss_units = [m for m in predicted if removal_factor(m, len(exp.train_idx)) is not None]
-    for measure in [m for m in asked if m != "dmean"] if in_loss_units else []:
-        preds = {m: predicted_measures(exp, base, m, k)[measure] for m in in_loss_units}
-        plots.predicted_vs_true(truth[measure], preds, measure, out / "figures" / f"predicted_vs_true_{measure}")
-    if "dmean" in asked and predicted:
-        preds = {m: predicted_measures(exp, base, m, k)["dmean"] for m in predicted}
-        plots.predicted_vs_true(truth["dmean"], preds, "dmean", out / "figures" / "predicted_vs_true_dmean")
+    for measure in asked:  # one panel per method that has the measure (a similarity: Δmean only)
+        if preds := {m: p[measure] for m, p in predictions.items() if measure in p}:
+            plots.predicted_vs_true(truth[measure], preds, measure, out / "figures" / f"predicted_vs_true_{measure}")
     plots.fixed_seed_by_epoch(by_epoch, out / "figures" / "fixed_seed_spearman_by_epoch")
     atomic_write_json({"inputs": inputs}, manifest)
     return out

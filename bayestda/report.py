@@ -281,6 +281,16 @@ def agreement(res: Path) -> str:
     return _table(pd.DataFrame(rows))
 
 
+def fixed_sample_spearman(exp: Experiment, method: str, truth: str) -> np.ndarray:
+    """[epochs, seeds]: per posterior sample, the Spearman correlation over all pairs between the method's τ and the
+    truth's τ of the same seed and epoch, signs aligned to "helps". Row j is the (j+1)-th epoch from the last: a
+    method with one τ per seed has the last epoch only."""
+    s, t = exp.stacked[method], exp.stacked[truth]
+    sign = exp.signs[method] * exp.signs[truth]
+    return np.array([[stats.spearmanr(s[i, -j].ravel(), t[i, -j].ravel()).statistic * sign
+                      for i in range(len(exp.seeds))] for j in range(1, s.shape[1] + 1)])  # fmt: skip
+
+
 def fixed_sample_agreement(exp: Experiment, truth: str, methods: list[str] | None = None) -> pd.DataFrame:
     """Per posterior sample (seed, checkpoint epoch), the Spearman correlation over all pairs between a method's τ
     and the ground truth's τ of the same seed and epoch, signs aligned to "helps"; mean and sd over the samples.
@@ -288,12 +298,8 @@ def fixed_sample_agreement(exp: Experiment, truth: str, methods: list[str] | Non
     tells whether a disagreement with LOO comes from the method or from the noise that μ averages away. `methods`:
     which of the experiment's (default: all)."""
     rows = []
-    t = exp.stacked[truth]
     for m in methods or exp.methods:
-        s = exp.stacked[m]
-        sign = exp.signs[m] * exp.signs[truth]
-        rhos = [stats.spearmanr(s[i, -j].ravel(), t[i, -j].ravel()).statistic * sign
-                for i in range(len(exp.seeds)) for j in range(1, s.shape[1] + 1)]  # fmt: skip
+        rhos = fixed_sample_spearman(exp, m, truth).ravel()
         rows.append({"method": m, "samples": len(rhos), "mean Spearman": float(np.mean(rhos)),
                      "sd": float(np.std(rhos, ddof=1)) if len(rhos) > 1 else float("nan")})  # fmt: skip
     return pd.DataFrame(rows)

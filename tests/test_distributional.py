@@ -24,6 +24,10 @@ def experiment(tmp_path: Path, scores: dict[str, np.ndarray], signs: dict[str, i
     )  # fmt: skip
 
 
+def predictions(exp, base, methods, k=5):
+    return {m: dist.predicted_measures(exp, base, m, k) for m in methods}
+
+
 @pytest.fixture
 def synthetic(tmp_path):
     rng = np.random.default_rng(0)
@@ -68,7 +72,7 @@ def test_ground_truth_dmean_is_step_3s_mu(synthetic):
 def test_a_perfect_prediction_scores_one_in_every_unit(synthetic):
     exp, base = synthetic
     truth = dist.ground_truth(exp, base, k=5)
-    scores = dist.prediction_scores(exp, base, truth, ["ud", "if-ggn"], list(dist.MEASURES), k=5)
+    scores = dist.prediction_scores(exp, truth, predictions(exp, base, ["ud", "if-ggn"]), list(dist.MEASURES))
     assert np.allclose(scores[["spearman", "pearson", "top1pct_overlap"]].to_numpy(), 1.0, atol=1e-6)
     assert scores["loss units"].all()
 
@@ -76,11 +80,11 @@ def test_a_perfect_prediction_scores_one_in_every_unit(synthetic):
 def test_a_similarity_is_scored_on_the_ranking_of_dmean_only(synthetic):
     exp, base = synthetic
     truth = dist.ground_truth(exp, base, k=5)
-    row = dist.prediction_scores(exp, base, truth, ["gd"], ["dmean"], k=5).iloc[0]
+    row = dist.prediction_scores(exp, truth, predictions(exp, base, ["gd"]), ["dmean"]).iloc[0]
     mu = exp.scores("gd").mean((0, 1)).ravel()
     assert row["spearman"] == pytest.approx(stats.spearmanr(mu, truth["dmean"].ravel()).statistic)
     assert np.isnan(row["pearson"]) and not row["loss units"]
-    mixed = dist.prediction_scores(exp, base, truth, ["gd", "ud"], list(dist.MEASURES), k=5)
+    mixed = dist.prediction_scores(exp, truth, predictions(exp, base, ["gd", "ud"]), list(dist.MEASURES))
     assert list(mixed[mixed.method == "gd"].measure) == ["dmean"] and len(mixed[mixed.method == "ud"]) == 5
     with pytest.raises(UserError, match=r"gd is not in loss units .* has no w2, ks; drop it from --methods or ask"):
         dist.check_measures(exp, ["ud", "gd"], ["dmean", "w2", "ks"])
