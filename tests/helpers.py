@@ -99,3 +99,15 @@ def write_synthetic(
             save_scores(score_file(out_root, model, m, "mnist3", 10, s), torch.tensor(tau), train_idx, test_idx,
                         list(range(16 - k, 16)), s, m, {"checkpoint_config": run_config(model, s)})  # fmt: skip
     return train_idx, test_idx
+
+
+def with_last_checkpoint_moved(samples):
+    """A copy of a seed's samples whose last checkpoint's first tensor is scaled by 1.01: a run its replay no longer
+    reproduces."""
+    import dataclasses
+
+    state = dict(samples.checkpoints[-1]["state_dict"])
+    name = next(iter(state))
+    state[name] = state[name] * 1.01
+    return dataclasses.replace(samples, checkpoints=[*samples.checkpoints[:-1],
+                                                     {**samples.checkpoints[-1], "state_dict": state}])  # fmt: skip

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import single_thread
+from helpers import single_thread, with_last_checkpoint_moved
 from torch.nn import functional as F
 
 from bayestda import families
@@ -85,11 +85,7 @@ def test_tracin_equals_the_slow_replay_loop(samples, kind):
 
 
 def test_a_replay_that_misses_the_stored_run_is_refused(samples):
-    state = dict(samples.checkpoints[-1]["state_dict"])
-    name = next(iter(state))
-    state[name] = state[name] * 1.01
-    doctored = dataclasses.replace(samples, checkpoints=[*samples.checkpoints[:-1],
-                                                         {**samples.checkpoints[-1], "state_dict": state}])  # fmt: skip
+    doctored = with_last_checkpoint_moved(samples)
     with pytest.raises(UserError, match=rf"does not reproduce its checkpoint of epoch {EPOCHS} .*retrain it with: "):
         tracin.score(doctored, tracin.TracInOptions(chunk=16), torch.device("cpu"))
 

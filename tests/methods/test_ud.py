@@ -123,12 +123,8 @@ def test_the_step_replays_the_stored_run_and_scores_its_checkpoint_epochs(sample
 
 @pytest.mark.slow
 def test_a_seed_whose_checkpoints_the_replay_misses_is_refused(samples):
-    import dataclasses
+    from helpers import with_last_checkpoint_moved
 
-    state = dict(samples.checkpoints[-1]["state_dict"])
-    name = next(iter(state))
-    state[name] = state[name] * 1.01
-    doctored = dataclasses.replace(samples, checkpoints=[*samples.checkpoints[:-1],
-                                                         {**samples.checkpoints[-1], "state_dict": state}])  # fmt: skip
+    doctored = with_last_checkpoint_moved(samples)
     with pytest.raises(UserError, match=r"does not reproduce its checkpoint of epoch 3 .*retrain it with: "):
         ud.score(doctored, ud.UDOptions(chunk=8, hvp_chunk=16), torch.device("cpu"))
