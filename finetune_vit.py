@@ -35,7 +35,7 @@ def main():
     args = p.parse_args()
     spec = EnsembleSpec(
         args.task, args.num_per_class, "vit", args.posterior, args.epochs, args.model_name_or_path,
-        precision=args.precision,
+        precision=args.precision, label_noise=args.label_noise,
     )  # fmt: skip
     train_main(p, args, spec)
 

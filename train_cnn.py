@@ -20,7 +20,9 @@ def main():
     )
     add_training_args(p)
     args = p.parse_args()
-    train_main(p, args, EnsembleSpec(args.task, args.num_per_class, args.arch, args.posterior, args.epochs))
+    spec = EnsembleSpec(args.task, args.num_per_class, args.arch, args.posterior, args.epochs,
+                        label_noise=args.label_noise)  # fmt: skip
+    train_main(p, args, spec)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, families, hints
+from . import __version__, families, hints, label_noise
 from .checkpoints import save_checkpoint, seed_is_complete
 from .cli import at_least, resolve_device
 from .data import Subset, get_task, load_subset
@@ -42,6 +42,7 @@ class EnsembleSpec:
     model_name_or_path: str = DEFAULT_VIT  # vit: the backbone, a hub id or a local save_pretrained folder
     lora: LoraSpec = field(default_factory=LoraSpec)  # vit
     precision: str = "fp32"  # vit: autocast dtype of the training forward pass on GPU
+    label_noise: float = 0.0  # share of training labels flipped (`label_noise.py`)
 
     @property
     def family(self) -> families.ModelFamily:
@@ -49,7 +50,7 @@ class EnsembleSpec:
 
     @property
     def model(self) -> str:
-        return model_name(self.family.archs[self.arch], self.posterior)
+        return model_name(self.family.archs[self.arch], self.posterior, self.label_noise)
 
     @property
     def train_config(self) -> TrainConfig:
@@ -82,12 +83,14 @@ def run_config(spec: EnsembleSpec, seed: int, train_data: Subset) -> dict:
         "train_idx_sha1": indices_digest(train_data.idx),
         **spec.train_config.as_dict(),
         **_family_config(spec),
+        **label_noise.config_entry(train_data.y, get_task(spec.task).classes, spec.label_noise),
     }
 
 
 def train_seed(spec: EnsembleSpec, seed: int, train_data: Subset, test_data: Subset, seed_dir: Path, device) -> dict:
     """Train one ensemble member, writing its last 5 checkpoints and then metrics.json (the done marker)."""
     config = run_config(spec, seed, train_data)
+    train_data = label_noise.apply_recorded(train_data, config, get_task(spec.task).classes, str(seed_dir))
     cfg = spec.train_config
     remove_stale_temp_files(seed_dir)
     metrics_file(seed_dir).unlink(missing_ok=True)  # a rerun with --overwrite is unfinished until the end
@@ -159,10 +162,19 @@ def add_training_args(p) -> None:
         "order and crops); de-init: only the initialisation; de-batch: only the batch order",
     )
     p.add_argument("--epochs", type=at_least(1), default=None, help="epoch budget; default 15 (mnist3) or 30 (cifar10)")
+    p.add_argument("--label_noise", type=float, default=0.0,
+                   help="share of training labels flipped to another class (the same for every seed; the model is "
+                   "named <model>-noisy<percent>, e.g. cnn-noisy10), for mislabel detection; 0: clean labels")  # fmt: skip
 
 
 def train_main(p, args, spec: EnsembleSpec) -> None:
     """What train_cnn.py and finetune_vit.py do once their flags are parsed: train the missing seeds, report."""
+    if not 0 <= spec.label_noise < 1:
+        p.error(f"--label_noise must be in [0, 1), got {spec.label_noise}")
+    try:
+        spec.model  # noqa: B018 (names the model: a rate that is not a whole percent has no name)
+    except ValueError as exc:
+        p.error(str(exc))
     results = train_ensemble(
         spec,
         select_seeds(args.seed_id),

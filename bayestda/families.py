@@ -28,7 +28,7 @@ from .errors import UserError
 from .func import CHUNK, HVP_CHUNK
 from .linalg import LISSA_FIXED_POINT_DAMPING
 from .plugins import Registry
-from .posterior import parse_model_name
+from .posterior import label_noise_of, parse_model_name
 from .training import TrainExtras, seeded_init
 
 
@@ -78,8 +78,9 @@ class ModelFamily:
         """The step-1 script and flags that train the seeds of a model name such as `cnn3-deinit`."""
         base, posterior = parse_model_name(model)
         arch = ["--arch", self.arch_of(base)] if self.arch_flag else []
+        noise = ["--label_noise", str(rate)] if (rate := label_noise_of(model)) else []
         return [self.train_script, *task_argv(task), "--num_per_class", str(num_per_class), *arch,
-                "--posterior", posterior]  # fmt: skip
+                "--posterior", posterior, *noise]  # fmt: skip
 
 
 _FAMILIES = Registry("bayestda.models")
@@ -127,7 +128,9 @@ def of_model(model: str) -> ModelFamily:
     try:
         base, _ = parse_model_name(model)
     except ValueError as exc:
-        raise UserError(f"--model {model}: {exc}; use {names}, optionally with -deinit or -debatch") from None
+        raise UserError(
+            f"--model {model}: {exc}; use {names}, optionally with -deinit or -debatch, and -noisy<percent>"
+        ) from None
     for fam in all_families().values():
         if base in fam.models:
             return fam

@@ -104,5 +104,10 @@ def score_file(out_root: Path, model: str, method: str, task: str, num_per_class
     return out_root / "tda_scores" / model / method / f"{task}_{num_per_class}pc" / f"{seed}.pt"
 
 
+def subset_retrain_file(out_root: Path, model: str, task: str, num_per_class: int, seed: int) -> Path:
+    """One seed's LDS ground truth: the test losses of its retrains on random subsets (`subset_retrains`)."""
+    return out_root / "retrains" / model / "lds" / f"{task}_{num_per_class}pc" / f"{seed}.pt"
+
+
 def results_dir(out_root: Path, model: str, task: str, num_per_class: int) -> Path:
     return out_root / "results" / experiment_name(model, task, num_per_class)

@@ -114,3 +114,43 @@ def fixed_seed_by_epoch(by_epoch: pd.DataFrame, stem: Path) -> list[Path]:
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return save(fig, stem)
+
+
+def lds_bars(table: pd.DataFrame, ceilings: pd.DataFrame, stem: Path) -> list[Path]:
+    """LDS per method, one bar per variant with its bootstrap interval, and each variant's noise ceiling as a dashed
+    line of the bar's colour."""
+    methods = list(dict.fromkeys(table["method"]))
+    variants = list(dict.fromkeys(table["variant"]))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(methods), 3.6))
+    x = np.arange(len(methods))
+    for i, (variant, color) in enumerate(zip(variants, sns.color_palette(n_colors=len(variants)), strict=True)):
+        rows = table[table["variant"] == variant].set_index("method").loc[methods]
+        err = np.abs(rows[["low", "high"]].to_numpy().T - rows["lds"].to_numpy())
+        ax.bar(x + (i - (len(variants) - 1) / 2) * width, rows["lds"], width, yerr=err, capsize=2, color=color,
+               label=variant)  # fmt: skip
+        ceiling = ceilings.set_index("variant").loc[variant, "ceiling"]
+        ax.axhline(ceiling, color=color, ls="--", lw=1, label=f"{variant} noise ceiling")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(x, [label(m) for m in methods], rotation=45, ha="right")
+    ax.set(ylabel="LDS (Spearman over subsets)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def mislabel_roc(rankings: dict[str, dict[str, np.ndarray]], flipped: np.ndarray, stem: Path) -> list[Path]:
+    """Mislabel detection: one panel per method, the ROC curve of each ranking (mean, one sample, z-score)."""
+    from sklearn.metrics import roc_curve
+
+    fig, axes = plt.subplots(1, len(rankings), figsize=(3.2 * len(rankings), 3.2), squeeze=False, sharey=True)
+    for ax, (method, ranks) in zip(axes[0], rankings.items(), strict=True):
+        for name, score in ranks.items():
+            fpr, tpr, _ = roc_curve(flipped, np.nan_to_num(score, posinf=1e300, neginf=-1e300))
+            ax.plot(fpr, tpr, label=name)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(title=label(method), xlabel="false positive rate")
+    axes[0][0].set_ylabel("flipped labels found")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return save(fig, stem)

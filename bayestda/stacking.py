@@ -21,7 +21,8 @@ STACK_EVAL_IMAGES = 8192
 
 
 class ModelStack(nn.Module):
-    """M copies of `template`'s architecture with their own trainable weights; x [B, ...] -> logits [M, B, C].
+    """M copies of `template`'s architecture with their own trainable weights; x [B, ...] -> logits [M, B, C], or
+    with `per_model`, one batch per model: x [M, B, ...] -> logits [M, B, C].
 
     Frozen parameters and buffers are the template's, shared by all M. The template must not draw
     random numbers in training (dropout would draw one mask for the whole stack).
@@ -40,13 +41,13 @@ class ModelStack(nn.Module):
     def __len__(self) -> int:
         return self.stacked[0].shape[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, per_model: bool = False) -> torch.Tensor:
         template = self._template[0]
 
         def one(params: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
             return functional_call(template, dict(zip(self.names, params, strict=True)), (x,))
 
-        return vmap(one, in_dims=(0, None))(tuple(self.stacked), x)
+        return vmap(one, in_dims=(0, 0 if per_model else None))(tuple(self.stacked), x)
 
     def state(self, m: int) -> dict[str, torch.Tensor]:
         """Model m's trainable weights, on the CPU."""

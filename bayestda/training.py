@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 
 import numpy as np
 import torch
@@ -135,9 +136,9 @@ class TrainExtras:
         return self.augment is not None or self.rng_seed is not None
 
 
-def _lr_factors(n_train: int, cfg: TrainConfig) -> Callable[[int, int], float]:
+def _lr_factors(n_visited: int, cfg: TrainConfig) -> Callable[[int, int], float]:
     """(epoch, batch) -> lr multiplier of the linear schedule: 1 at the first step, 1/T at the last."""
-    per_epoch = -(-n_train // cfg.batch_size)
+    per_epoch = -(-n_visited // cfg.batch_size)
     total = per_epoch * cfg.epochs
     return lambda epoch, b: (total - ((epoch - 1) * per_epoch + b)) / total
 
@@ -157,12 +158,14 @@ def train(
     before_step: StepHook | None = None,
     progress: Callable | None = None,
 ) -> list[float]:
-    """Train for epochs start_epoch+1 .. len(orders), visiting `data` in the order `orders[e-1]`.
+    """Train for epochs start_epoch+1 .. len(orders), visiting `data` in the order `orders[e-1]` (positions in `data`;
+    an order may visit only some of them: a retrain on a subset).
 
     `sample_weight` (one weight per position in `data`) reweights per-sample losses: a zero drops a
     sample's loss but keeps its slot in the batch mean (the paper's LOO). `exclude` removes position
     `exclude` from its batches altogether (a true leave-one-out). For a `ModelStack` of M models,
-    `sample_weight` is [M, n] and `exclude` an [M] tensor of positions (-1: none). `extras` holds a family's additions
+    `sample_weight` is [M, n] and `exclude` an [M] tensor of positions (-1: none); or `orders` is [M, epochs, k], one
+    order per model (each model sees its own batches; no weights or exclusions then). `extras` holds a family's additions
     (augmentation, lr schedule, dropout seed, autocast). `on_epoch_end(epoch, model, optimizer,
     train_loss)` sees every finished epoch (1-based); `before_step(epoch, positions, model, optimizer)` sees each
     step's batch (positions in `data`) and the model before the step, with the step's learning rate set (it must
@@ -171,10 +174,14 @@ def train(
     device = next(model.parameters()).device
     x, y = fast_layout(model, data.x.to(device)), data.y.to(device)
     weight = sample_weight.to(device) if sample_weight is not None else None
-    lr_factor = _lr_factors(len(data), cfg) if extras.linear_decay else None
+    per_model = orders.dim() == 3
+    if per_model and (sample_weight is not None or exclude is not None or extras.random):
+        raise ValueError("per-model orders take no sample weights, exclusions, augmentation or dropout")
+    net = partial(model, per_model=True) if per_model else model  # a ModelStack fed one batch per model
+    lr_factor = _lr_factors(orders.shape[-1], cfg) if extras.linear_decay else None
     autocast_dtype = PRECISIONS[extras.precision]
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
-    epochs = range(start_epoch + 1, len(orders) + 1)
+    epochs = range(start_epoch + 1, orders.shape[-2] + 1)
     if isinstance(exclude, torch.Tensor):
         exclude = exclude.to(device)
     train_losses = []
@@ -184,7 +191,7 @@ def train(
         for epoch in progress(epochs) if progress else epochs:
             model.train()
             running = []
-            for b, batch in enumerate(orders[epoch - 1].to(device).split(cfg.batch_size)):
+            for b, batch in enumerate(orders[..., epoch - 1, :].to(device).split(cfg.batch_size, dim=-1)):
                 if lr_factor is not None:
                     for group in optimizer.param_groups:
                         group["lr"] = cfg.lr * lr_factor(epoch, b)
@@ -202,7 +209,7 @@ def train(
                 xb = x[batch] if extras.augment is None else extras.augment(x[batch], epoch, batch)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    losses = batch_loss(model, xb, y[batch], None if weight is None else weight[..., batch], keep)
+                    losses = batch_loss(net, xb, y[batch], None if weight is None else weight[..., batch], keep)
                     loss = losses.sum()  # a stack's models are independent: each gets its own loss's gradient
                 if scaler is None:
                     loss.backward()

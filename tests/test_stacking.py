@@ -79,3 +79,32 @@ def test_a_removal_that_empties_a_batch_is_refused(data):
     stack = ModelStack(models([9])[0], [m.state_dict() for m in models([0, 1])])
     with pytest.raises(ValueError, match="empty after its exclusion"):
         train(stack, make_optimizer(stack, CFG), nine, orders, CFG, exclude=torch.tensor([-1, int(orders[0, -1])]))
+
+
+def test_per_model_orders_equal_training_each_model_on_its_own_order(data):
+    """A stack whose models each visit their own positions (LDS subset retrains): each model equals a separate run
+    on its order, and the forward pass on per-model batches is each model's forward."""
+    from bayestda.methods.loo import restrict_orders
+
+    train_set, test_set = data
+    full = batch_orders(11, CFG.epochs, 5)
+    members = [(0, 1, 2, 4, 6, 9), (1, 3, 5, 7, 8, 10), (0, 2, 3, 5, 8, 9)]
+    orders = torch.stack([restrict_orders(full, m) for m in members])  # [3, epochs, 6]: batches of 4, 2
+    separate, seen = models([0, 0, 0]), {}
+    for m, model in enumerate(separate):
+        train(model, make_optimizer(model, CFG), train_set, orders[m], CFG,
+              on_epoch_end=lambda e, mod, o, _l, m=m: seen.__setitem__((m, e), evaluate(mod, test_set)[0]))  # fmt: skip
+    stack = ModelStack(models([9])[0], [m.state_dict() for m in models([0, 0, 0])])
+    x = train_set.x[orders[:, 0, :4]]  # one batch per model
+    out = stack(x, per_model=True)
+    for m, model in enumerate(models([0, 0, 0])):
+        torch.testing.assert_close(out[m], model(x[m]), rtol=1e-12, atol=1e-12)
+    stacked = {}
+    train(stack, make_optimizer(stack, CFG), train_set, orders, CFG,
+          on_epoch_end=lambda e, mod, o, _l: stacked.__setitem__(e, evaluate(mod, test_set)[0]))  # fmt: skip
+    for m in range(3):
+        for e in range(1, CFG.epochs + 1):
+            torch.testing.assert_close(stacked[e][m], seen[(m, e)], rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(stacked[CFG.epochs][0], stacked[CFG.epochs][1])  # the subsets made them differ
+    with pytest.raises(ValueError, match="per-model orders take no"):
+        train(stack, make_optimizer(stack, CFG), train_set, orders, CFG, exclude=torch.tensor([-1, 2, 7]))

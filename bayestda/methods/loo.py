@@ -14,6 +14,9 @@ On a CPU every retrain runs single-threaded, in this process or in `workers` pro
 therefore do not depend on `workers`: CPU kernels give slightly different bits for different thread
 counts. On a GPU, `stack` retrains train together as one `ModelStack` (one vmapped model per step),
 which equals separate retrains up to float rounding.
+
+The retrain machinery here (`Retrain`, `run_retrains`) also serves the LDS ground truth (`subset_retrains.py`):
+a retrain from the initialisation on a subset of the training data (`Retrain.members`).
 """
 
 from __future__ import annotations
@@ -59,11 +62,36 @@ class RetrainContext:
 
 @dataclass(frozen=True)
 class Retrain:
-    """One retrain: drop `leave_out` (a position in the train subset, or None for the full data)."""
+    """One retrain: drop `leave_out` (a position in the train subset, or None for the full data), or train on
+    `members` only (positions in the train subset)."""
 
     leave_out: int | None
     start: int | None = None  # index into start_states; None = from the seed's initialisation
     zero_weight: bool = True  # paper semantics (zeroed loss, kept in the denominator) vs removed
+    members: tuple[int, ...] | None = None  # visited in the seed's order restricted to them (`restrict_orders`)
+
+
+def restrict_orders(orders: torch.Tensor, members) -> torch.Tensor:
+    """[epochs, k]: each epoch's order [epochs, n] with every position outside `members` (k positions) left out, the
+    rest in the order the full run visits them; batches are then consecutive slices of the k, so a retrain on a
+    subset takes fewer, full-size steps."""
+    keep = torch.zeros(orders.shape[-1], dtype=torch.bool)
+    keep[torch.as_tensor(members)] = True
+    return orders[keep[orders]].view(orders.shape[0], -1)
+
+
+def _orders(ctx: RetrainContext, jobs: list[Retrain]) -> torch.Tensor:
+    """The batch order the jobs train in: the seed's [epochs, n], or for subset jobs one restricted order per job
+    ([epochs, k] for one job, [M, epochs, k] for a stack)."""
+    with_members = [j.members is not None for j in jobs]
+    if not any(with_members):
+        return ctx.orders
+    if not all(with_members) or any(j.leave_out is not None or j.start is not None for j in jobs):
+        raise ValueError("subset retrains start from the initialisation and leave nothing else out")
+    if len({len(j.members) for j in jobs}) > 1:
+        raise ValueError("one stack trains subsets of one size")
+    orders = [restrict_orders(ctx.orders, j.members) for j in jobs]
+    return orders[0] if len(jobs) == 1 else torch.stack(orders)
 
 
 def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
@@ -84,7 +112,7 @@ def retrain_from(ctx: RetrainContext, job: Retrain, model, optimizer) -> torch.T
     weight, exclude = _weights_and_exclusions([job], len(ctx.train_data))
     weight = None if weight is None else weight[0]
     exclude = None if exclude is None else int(exclude[0])  # one model: its sample leaves its batch
-    return _train_and_record(ctx, model, optimizer, weight, exclude)
+    return _train_and_record(ctx, model, optimizer, weight, exclude, _orders(ctx, [job]))
 
 
 def _weights_and_exclusions(jobs: list[Retrain], n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -105,7 +133,7 @@ def _weights_and_exclusions(jobs: list[Retrain], n: int) -> tuple[torch.Tensor |
     return weight, exclude
 
 
-def _train_and_record(ctx: RetrainContext, model, optimizer, weight, exclude) -> torch.Tensor:
+def _train_and_record(ctx: RetrainContext, model, optimizer, weight, exclude, orders) -> torch.Tensor:
     """Train `model` (one model or a stack) on the seed's batches; its test losses at ctx.eval_epochs, stacked on
     dim 0: [len(eval_epochs), n_test], or [len(eval_epochs), M, n_test] for a stack of M."""
     losses = {}
@@ -114,7 +142,7 @@ def _train_and_record(ctx: RetrainContext, model, optimizer, weight, exclude) ->
         if epoch in ctx.eval_epochs:
             losses[epoch] = evaluate(model, ctx.test_data, ctx.loss_dtype)[0]
 
-    train(model, optimizer, ctx.train_data, ctx.orders, ctx.cfg, sample_weight=weight, exclude=exclude,
+    train(model, optimizer, ctx.train_data, orders, ctx.cfg, sample_weight=weight, exclude=exclude,
           extras=families.train_extras(ctx.config), on_epoch_end=record)  # fmt: skip
     return torch.stack([losses[e] for e in ctx.eval_epochs])
 
@@ -137,7 +165,7 @@ def run_stacked_retrains(ctx: RetrainContext, jobs: list[Retrain]) -> list[torch
     """The jobs' test losses ([len(eval_epochs), n_test] each), all trained at once as one `ModelStack`.
 
     Equal to `run_retrain` per job up to float rounding: the same starts, batches and fresh Adam. A job
-    either zeroes its sample's loss or removes it from its batch, as in `run_retrain`.
+    either zeroes its sample's loss or removes it from its batch, or trains on its members, as in `run_retrain`.
     """
     weight, exclude = _weights_and_exclusions(jobs, len(ctx.train_data))
     if not stackable(ctx.config):
@@ -145,7 +173,7 @@ def run_stacked_retrains(ctx: RetrainContext, jobs: list[Retrain]) -> list[torch
     template = families.init(ctx.config)
     states = [template.state_dict() if j.start is None else ctx.start_states[j.start] for j in jobs]
     stack = ModelStack(template, states).to(ctx.device)
-    per_epoch = _train_and_record(ctx, stack, make_optimizer(stack, ctx.cfg), weight, exclude)
+    per_epoch = _train_and_record(ctx, stack, make_optimizer(stack, ctx.cfg), weight, exclude, _orders(ctx, jobs))
     return list(per_epoch.unbind(1))  # [len(eval_epochs), n_test] per model
 
 
@@ -267,11 +295,9 @@ def retrain_context(protocol: str, samples: SeedSamples, device, loss_dtype: tor
 
 
 @dataclass(frozen=True)
-class LOOOptions:
-    protocol: str = option("paper", "which retraining defines the ground truth: paper (continue from each "
-                           "checkpoint without z_j; compare with the checkpoint, as the original), paired (compare "
-                           "with the same continuation on the full data), scratch (retrain from the seed's "
-                           "initialisation and batch order)", choices=PROTOCOLS)  # fmt: skip
+class RetrainOptions:
+    """The options of every step that retrains a seed: LOO, and the LDS ground truth (`subset_retrains`)."""
+
     loss_dtype: str = loss_dtype_option()
     workers: int | None = option(None, "CPU: processes, one thread each (results do not depend on it); default: "
                                  "the cores this process may use", minimum=1)  # fmt: skip
@@ -281,8 +307,16 @@ class LOOOptions:
                               + ". Models that use dropout in training (the ViT) always retrain one at a time",
                               auto=True, minimum=1)  # fmt: skip
 
-    def resolve(self, family, on_gpu: bool) -> LOOOptions:
+    def resolve(self, family, on_gpu: bool):
         return dataclasses.replace(self, workers=self.workers or available_cores())
+
+
+@dataclass(frozen=True)
+class LOOOptions(RetrainOptions):
+    protocol: str = option("paper", "which retraining defines the ground truth: paper (continue from each "
+                           "checkpoint without z_j; compare with the checkpoint, as the original), paired (compare "
+                           "with the same continuation on the full data), scratch (retrain from the seed's "
+                           "initialisation and batch order)", choices=PROTOCOLS)  # fmt: skip
 
 
 def score(samples: SeedSamples, opts: LOOOptions, device) -> tuple[torch.Tensor, list[dict]]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import families
+from .. import families, label_noise
 from ..checkpoints import read_run, retrain_command
-from ..data import Subset, load_subset
+from ..data import Subset, get_task, load_subset
 from ..ensemble import indices_digest, train_command
 from ..errors import UserError
 from ..paths import seed_model_dir
@@ -57,5 +57,6 @@ def load_seed_samples(
     if indices_digest(train.idx) != checkpoints[0]["config"]["train_idx_sha1"]:
         raise UserError(f"the {task} training subset of {num_per_class} per class changed since {seed_dir} was trained; "
                         f"retrain with: {train_cmd} --overwrite")  # fmt: skip
+    train = label_noise.apply_recorded(train, cfg, get_task(task).classes, str(seed_dir))  # a noisy run's labels
     test = load_subset(task, "test", None, data_root, out_root, pixels)
     return SeedSamples(seed, checkpoints, train, test, seed_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 
@@ -11,11 +12,13 @@ from ..data import TASKS
 from ..errors import UserError
 from ..manifest import PVALUES_MANIFEST
 from ..methods import registry
-from ..paths import DATA_ROOT_ENV, resolve_out_root, results_dir
+from ..paths import DATA_ROOT_ENV, REPO_ROOT, resolve_out_root, results_dir
 from ..report import console_summary
+from ..subset_retrains import SCRIPT as LDS_SCRIPT
+from ..subset_retrains import SubsetRetrainOptions
 from . import slurm
 from .execute import LocalExecutor, RayExecutor, execute, write_report
-from .graph import DEFAULT_METHODS, ExperimentSpec, build_graph, pending, resolve_methods
+from .graph import DEFAULT_METHODS, LDS, ExperimentSpec, build_graph, pending, resolve_methods
 
 
 def parser(doc: str) -> Parser:
@@ -34,11 +37,16 @@ def parser(doc: str) -> Parser:
         "--methods",
         default=",".join(DEFAULT_METHODS),
         help=f"comma-separated score-file names ({', '.join(registry.score_names())}); a bare "
-        + ", ".join(f"{m.name} takes its variant from --{m.variant}" for m in with_variants),
+        + ", ".join(f"{m.name} takes its variant from --{m.variant}" for m in with_variants)
+        + f"; and {LDS}: each seed's LDS retrains ({LDS_SCRIPT}, for compute_lds.py)",
     )
     for m in with_variants:
         g.add_argument(f"--{m.variant}", default=m.default_variant, choices=m.variants,
                        help=f"{m.label} variant for a bare `{m.name}` in --methods")  # fmt: skip
+    for f in dataclasses.fields(SubsetRetrainOptions):
+        if f.name.startswith("lds_"):
+            g.add_argument(f"--{f.name}", type=type(f.default), default=None,
+                           help=f"with {LDS} in --methods: {f.metadata['help']} (default {f.default})")  # fmt: skip
     add_seed_ids(p, g, "to run")
     g.add_argument(
         "--epochs", type=at_least(1), default=None, help="training epochs; default 15 (mnist3) or 30 (cifar10)"
@@ -117,13 +125,18 @@ def spec_from_args(p: Parser, args) -> ExperimentSpec:
         p.error(f"{' and '.join(bad)} are for --model {' or '.join(owners)}, not {args.model}")
     train_flags = tuple(x for flag, value in given.items() for x in (flag, value))
     variants = {m.variant: getattr(args, m.variant) for m in registry.all_methods().values() if m.variant}
-    methods = resolve_methods([m.strip() for m in args.methods.split(",") if m.strip()], variants)
-    if not methods:
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = resolve_methods([m for m in names if m != LDS], variants)
+    if not names:
         p.error("--methods is empty")
+    lds = {f"--{k}": v for k, v in vars(args).items() if k.startswith("lds_") and v is not None}
+    if lds and LDS not in names:
+        p.error(f"{', '.join(lds)}: for the LDS retrains; add {LDS} to --methods")
     return ExperimentSpec(
         model=args.model, task=args.task, num_per_class=args.num_per_class, methods=methods,
         seed_ids=tuple(args.seed_ids), out_root=resolve_out_root(args.out_root),
         data_root=args.data_root, epochs=args.epochs, overwrite=args.overwrite, train_flags=train_flags,
+        lds=SubsetRetrainOptions(**{k[2:]: v for k, v in lds.items()}) if LDS in names else None,
     )  # fmt: skip
 
 
@@ -177,6 +190,10 @@ def _print_results(spec: ExperimentSpec) -> None:
     results = results_dir(spec.out_root, spec.model, spec.task, spec.num_per_class)
     if (results / PVALUES_MANIFEST).is_file():
         print(console_summary(results))
+    if spec.lds is not None:
+        print(f"LDS retrains: {spec.out_root / 'retrains' / spec.model / LDS}/; score the methods on them with: "
+              f"python compute_lds.py --experiment {spec.name}" + (f" --out_root {spec.out_root}" if spec.out_root
+                                                                    .resolve() != REPO_ROOT else ""))  # fmt: skip
 
 
 def _slurm_options(args) -> slurm.SlurmOptions:

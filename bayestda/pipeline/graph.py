@@ -1,4 +1,5 @@
-"""The task graph of one experiment: subsets → train (per seed) → each method (per seed) → p-values, correlations.
+"""The task graph of one experiment: subsets → train (per seed) → each method (per seed) → p-values, correlations;
+and, with `lds` among the methods, each seed's LDS retrains (`subset_retrains`), which steps 3–4 do not read.
 
 Every task is one call of a step script, exactly as a user would type it, so the runner never does anything the
 steps cannot do by hand. A task is done when the artifacts its step would write already exist (the same test
@@ -7,6 +8,7 @@ the step uses to skip finished work), so a rerun only lists what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +18,23 @@ from ..checkpoints import finished_checkpoints
 from ..data import get_task, paper_subset_file, paper_subsets_dir, task_argv
 from ..manifest import CORRELATIONS_MANIFEST, PVALUES_MANIFEST
 from ..methods import registry
-from ..paths import REPO_ROOT, experiment_name, find_subset_file, read_seeds, results_dir, score_file, seed_model_dir
+from ..paths import (
+    REPO_ROOT,
+    experiment_name,
+    find_subset_file,
+    read_seeds,
+    results_dir,
+    score_file,
+    seed_model_dir,
+    subset_retrain_file,
+)
+from ..subset_retrains import SCRIPT as LDS_SCRIPT
+from ..subset_retrains import SubsetRetrainOptions, holds_retrains
 
 # The paper's five as runner names: a method with variants is named bare and takes its variant from its flag
 # (`--protocol`, `--solver`), whose default is the paper's.
 DEFAULT_METHODS = tuple(name.split("-", 1)[0] for name in registry.PAPER_METHODS)
+LDS = "lds"  # in --methods: each seed's LDS retrains (retrain_subsets.py), not a method
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class ExperimentSpec:
     epochs: int | None = None  # None: the task's paper budget
     overwrite: bool = False
     train_flags: tuple[str, ...] = ()  # extra flags of the training step, e.g. the ViT's --model_name_or_path
+    lds: SubsetRetrainOptions | None = None  # the LDS retrains' options; None: no LDS retrains
 
     @property
     def name(self) -> str:
@@ -143,6 +158,23 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
                 Task(f"{method}_seed{k}", method, argv, [f"train_seed{k}"], done, k, uses_gpu=True,
                      takes_workers=hasattr(registry.get(method).options, "workers"))
             )  # fmt: skip
+
+    if spec.lds is not None:
+        flags = [
+            x
+            for f in dataclasses.fields(spec.lds)
+            if f.name.startswith("lds_") and getattr(spec.lds, f.name) != f.default
+            for x in (f"--{f.name}", str(getattr(spec.lds, f.name)))
+        ]
+        argv = [LDS_SCRIPT, "--model", spec.model, *task_argv(spec.task), "--num_per_class", str(n), *flags,
+                *common, *data, *overwrite]  # fmt: skip
+        for k in spec.seed_ids:
+            path = subset_retrain_file(out, spec.model, spec.task, n, seeds[k])
+            done = not spec.overwrite and holds_retrains(path, spec.lds)
+            tasks.append(Task(f"{LDS}_seed{k}", LDS, argv, [f"train_seed{k}"], done, k, uses_gpu=True,
+                              takes_workers=True))  # fmt: skip
+    if not spec.methods:  # LDS retrains only: nothing for steps 3–4
+        return tasks
 
     method_tasks = [t.name for t in tasks if t.stage in spec.methods]
     stats = ["--model", spec.model, *task_argv(spec.task), "--num_per_class", str(n),

@@ -259,3 +259,37 @@ def test_vit_retrains_are_never_stacked(vit_setup):
     ctx = loo.RetrainContext(config, train_data, test, CFG, orders, start_states=[], eval_epochs=(4,))
     with pytest.raises(ValueError, match="dropout"):
         loo.run_stacked_retrains(ctx, [loo.Retrain(None), loo.Retrain(0)])
+
+
+# ----------------------------------------------------------------------------- subset retrains (the LDS ground truth)
+
+
+def test_restricted_orders_keep_the_full_runs_order():
+    orders = batch_orders(12, 3, BATCH_SEED)
+    members = (0, 3, 4, 8, 11)
+    got = loo.restrict_orders(orders, members)
+    for e in range(3):
+        assert got[e].tolist() == [p for p in orders[e].tolist() if p in members]
+
+
+def test_subset_retrains_equal_training_on_the_subset(ctx_factory):
+    """A subset retrain is the plain loop on the seed's order restricted to the subset (bit for bit), and a stack of
+    them equals the retrains one at a time up to float32 rounding."""
+    make, _ = ctx_factory
+    ctx = make("scratch")
+    subsets = [(0, 1, 2, 5, 7, 9), (2, 3, 4, 6, 10, 11), (0, 4, 5, 6, 8, 11)]
+    jobs = [loo.Retrain(None, members=s) for s in subsets]
+    with single_thread():
+        one = loo.run_retrains(ctx, jobs, workers=1, desc="")
+        stacked = loo.run_retrains(ctx, jobs, workers=1, desc="", stack=3)
+        x, y = ctx.train_data.x, ctx.train_data.y
+        for members, got in zip(subsets, one, strict=True):
+            orders = torch.tensor([[p for p in row if p in members] for row in ctx.orders.tolist()])
+            ref = reference_retrain(init_model("cnn2", "mnist3", INIT_SEED), x, y, orders, None, "drop", (3, 4),
+                                    ctx.test_data)  # fmt: skip
+            assert torch.equal(got, ref)
+    for a, b in zip(one, stacked, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+    assert (one[0] - one[1]).abs().max() > 0.05  # other subsets, other models
+    with pytest.raises(ValueError, match="one size"):
+        loo.run_stacked_retrains(ctx, [jobs[0], loo.Retrain(None, members=(0, 1))])

@@ -128,3 +128,26 @@ def test_vit_experiment_runs_the_vit_steps(tmp_path):
     assert train[train.index("--precision") + 1] == "bf16"
     assert tasks["if-paper_seed0"].command()[:3] == ["tda_vit_scripts/if.py", "--model", "vit"]
     assert tasks["loo-paper_seed0"].command(threads=2)[-2:] == ["--workers", "2"]
+
+
+def test_lds_retrains_are_per_seed_tasks_done_only_for_the_same_subsets(tmp_path):
+    import torch
+
+    from bayestda.paths import subset_retrain_file
+    from bayestda.subset_retrains import SubsetRetrainOptions
+
+    opts = SubsetRetrainOptions(lds_subsets=20)
+    tasks = build_graph(spec(tmp_path, methods=("gd",), lds=opts))
+    lds = [t for t in tasks if t.stage == "lds"]
+    assert [t.name for t in lds] == ["lds_seed0", "lds_seed1", "lds_seed2"]
+    assert lds[0].deps == ["train_seed0"] and lds[0].takes_workers and "--lds_subsets" in lds[0].argv
+    assert lds[0].command(threads=2)[:1] == ["retrain_subsets.py"] and "--workers" in lds[0].command(threads=2)
+    assert not any(d.startswith("lds") for t in tasks if t.stage in ("pvalues", "correlations") for d in t.deps)
+    path = subset_retrain_file(tmp_path, "cnn", "mnist3", 10, 0)
+    path.parent.mkdir(parents=True)
+    torch.save({"config": {"subsets": opts.subset_config()}}, path)
+    assert "lds_seed0" not in names(pending(build_graph(spec(tmp_path, methods=("gd",), lds=opts))))
+    other = SubsetRetrainOptions(lds_subsets=30)  # other subsets: the task runs, and its step refuses in one line
+    assert "lds_seed0" in names(pending(build_graph(spec(tmp_path, methods=("gd",), lds=other))))
+    only = build_graph(spec(tmp_path, methods=(), lds=opts))  # LDS retrains alone: no steps 3–4
+    assert {t.stage for t in only} == {"subsets", "train", "lds"}

@@ -286,3 +286,53 @@ def test_distributional_step_reads_back_the_experiment(by_runner, data_root):
     assert "gd is not in loss units" in refused.stderr
     missing = sh([*args, "--methods", "gd", "--measures", "dmean"], data_root)
     assert missing.returncode == 2 and "--methods loo-scratch)" in missing.stderr
+
+
+def test_lds_retrains_run_through_the_runner_and_step_6_reads_them(by_runner, data_root):
+    """`--methods ...,lds` adds one retrain task per seed (the rest is done); each subset's losses are a retrain of
+    the seed on that subset (the slow reference: one sequential retrain), and step 6's per-seed LDS of a method is
+    the plain scipy loop over the files."""
+    from scipy import stats
+
+    from bayestda.methods import loo
+    from bayestda.methods.samples import load_seed_samples
+    from bayestda.paths import subset_retrain_file
+
+    flags = [*TINY[: TINY.index("--methods")], "--methods", "gd,loo-scratch,lds", "--lds_subsets", "6",
+             "--out_root", str(by_runner), "--jobs", "2", "--gpus", "none"]  # fmt: skip
+    proc = sh(["run_experiment.py", *flags], data_root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 task(s) to run" in proc.stdout and "compute_lds.py --experiment cnn_mnist3_10pc" in proc.stdout
+    again = sh(["run_experiment.py", *flags], data_root)
+    assert "every task is already done" in again.stdout
+
+    record = torch.load(subset_retrain_file(by_runner, "cnn", "mnist3", 10, read_seeds()[0]), weights_only=True)
+    assert record["losses"].shape == (6, 2, 900) and record["ckpt_epochs"] == [1, 2]
+    samples = load_seed_samples("cnn", "mnist3", 10, read_seeds()[0], by_runner, data_root)
+    ctx = loo.retrain_context("scratch", samples, "cpu")
+    members = tuple(record["members"][4].nonzero().view(-1).tolist())
+    retrained = loo.run_retrains(ctx, [loo.Retrain(None, members=members)], 1, "")[0]
+    torch.testing.assert_close(record["losses"][4], retrained, rtol=1e-6, atol=1e-7)
+    assert record["config"]["diagnostics"]["max_abs_full_retrain_minus_checkpoint_test_loss"] < 1e-4
+
+    step6 = ["compute_lds.py", "--experiment", "cnn_mnist3_10pc", "--num_ckpts", "2", "--seed_ids", *SEED_IDS,
+             "--bootstrap", "50", "--out_root", str(by_runner)]  # fmt: skip
+    proc = sh(step6, data_root)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "LDS over 6 subsets of 15/30 (k=2, 2 seeds, 900 test points)" in proc.stdout and "Noise ceilings" in proc.stdout
+    )
+    res = by_runner / "results/cnn_mnist3_10pc/lds"
+    table = pd.read_csv(res / "lds.csv")
+    assert sorted(table["method"].unique()) == ["gd", "loo-scratch"] and (res / "figures/lds.png").is_file()
+    frame = pd.read_csv(res / "per_test_point.csv", index_col=0)
+    losses = [torch.load(subset_retrain_file(by_runner, "cnn", "mnist3", 10, read_seeds()[int(k)]),
+                         weights_only=True)["losses"].double().mean(1).numpy() for k in SEED_IDS]  # fmt: skip
+    taus = [torch.load(score_file(by_runner, "cnn", "loo-scratch", "mnist3", 10, read_seeds()[int(k)]),
+                       weights_only=True)["scores"].double().mean(0).numpy() for k in SEED_IDS]  # fmt: skip
+    left_out = ~record["members"].numpy()
+    for z in (0, 17, 450, 899):
+        rhos = [stats.spearmanr([tau[left_out[m], z].sum() for m in range(6)], loss[:, z]).statistic
+                for tau, loss in zip(taus, losses, strict=True)]  # fmt: skip
+        assert frame.loc[frame.index[z], "loo-scratch/per-seed"] == pytest.approx(np.nanmean(rhos), abs=1e-5)
+    assert "up to date, skipped" in sh(step6, data_root).stdout
