@@ -25,7 +25,7 @@ from bayestda.distributional import (
     write_distributional,
 )
 from bayestda.paths import DATA_ROOT_ENV, resolve_data_root
-from bayestda.stats_cli import experiment_from_args, parser
+from bayestda.stats_cli import experiment_from_args, parser, print_step_results
 
 
 def main():
@@ -52,10 +52,7 @@ def main():
     k = check_num_ckpts("--num_ckpts", args.num_ckpts, exp)
     base = base_losses(exp, resolve_data_root(args.data_root), k)
     out = write_distributional(exp, base, k, asked, args.overwrite)
-    if out is None:
-        print(f"{exp.name}: distributional results up to date, skipped (--overwrite to redo)")
-        out = exp.results_dir / "distributional"
-    print(console_summary(out))
+    print_step_results(out, exp, "distributional", "distributional", console_summary)
 
 
 if __name__ == "__main__":

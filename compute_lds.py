@@ -17,7 +17,7 @@ from bayestda.errors import UserError
 from bayestda.lds import console_summary, methods_with_scores, write_lds
 from bayestda.paths import read_seeds, resolve_out_root
 from bayestda.statistics import parse_experiment_name
-from bayestda.stats_cli import experiment_from_args, parser
+from bayestda.stats_cli import experiment_from_args, parser, print_step_results
 from bayestda.subset_retrains import load_subset_retrains
 
 
@@ -48,10 +48,7 @@ def main():
     k = check_num_ckpts("--num_ckpts", args.num_ckpts, exp)
     retrains = load_subset_retrains(exp)
     out = write_lds(exp, retrains, k, args.bootstrap, args.level, args.overwrite)
-    if out is None:
-        print(f"{exp.name}: LDS results up to date, skipped (--overwrite to redo)")
-        out = exp.results_dir / "lds"
-    print(console_summary(out))
+    print_step_results(out, exp, "lds", "LDS", console_summary)
 
 
 if __name__ == "__main__":

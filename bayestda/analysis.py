@@ -27,8 +27,24 @@ def _up_to_date(manifest: Path, inputs: dict) -> bool:
     return (recorded := read_manifest(manifest)) is not None and recorded["inputs"] == inputs
 
 
-def _inputs(exp: Experiment, **extra) -> dict:
+def step_inputs(exp: Experiment, **extra) -> dict:
+    """What a step's results depend on: methods, seeds, a digest of the score files, and the step's own `extra`."""
     return {"methods": exp.methods, "seeds": exp.seeds, "score_digest": exp.input_digest(), **extra}
+
+
+def open_results(exp: Experiment, folder: str, inputs: dict, step: str, overwrite: bool = False) -> Path | None:
+    """results/<experiment>/<folder>/ of an optional step (5, 6), ready to be written: None when its manifest records
+    these `inputs` (up to date), unless `overwrite`; results of methods or seeds this run lacks are not replaced
+    without `overwrite`; temp files of killed writers are removed. The step writes `manifest.json` last."""
+    out = exp.results_dir / folder
+    manifest = out / "manifest.json"
+    if not overwrite and _up_to_date(manifest, inputs):
+        return None
+    if not overwrite:
+        _refuse_replacing_more(manifest, exp, step)
+    if out.exists():
+        remove_stale_temp_files(out, recursive=True)
+    return out
 
 
 def check_num_ckpts(flag: str, k: int | None, exp: Experiment) -> int:
@@ -65,7 +81,7 @@ def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool
     out = exp.results_dir
     ks = list(range(1, check_num_ckpts("--max_ckpts", max_ckpts, exp) + 1))
     manifest = out / PVALUES_MANIFEST
-    inputs = _inputs(exp, num_ckpts=ks)
+    inputs = step_inputs(exp, num_ckpts=ks)
     if not overwrite and _up_to_date(manifest, inputs):
         return None
     if not overwrite:
@@ -110,7 +126,7 @@ def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite:
     out = exp.results_dir
     k = check_num_ckpts("--num_ckpts", num_ckpts, exp)
     manifest = out / CORRELATIONS_MANIFEST
-    inputs = _inputs(exp, num_ckpts=k)
+    inputs = step_inputs(exp, num_ckpts=k)
     check_step3_matches(exp, k)
     if not overwrite and _up_to_date(manifest, inputs):
         return None

@@ -34,9 +34,9 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from . import plots
-from .analysis import _inputs, _refuse_replacing_more, _up_to_date
+from .analysis import open_results, step_inputs
 from .errors import UserError
-from .io import atomic_write_csv, atomic_write_json, remove_stale_temp_files
+from .io import atomic_write_csv, atomic_write_json
 from .methods import registry
 from .methods.samples import load_seed_samples
 from .report import fixed_sample_spearman
@@ -200,15 +200,9 @@ def fixed_seed_view(exp: Experiment, methods: list[str], k: int) -> tuple[pd.Dat
 def write_distributional(exp: Experiment, base: np.ndarray, k: int, asked: list[str], overwrite: bool = False):
     """results/<experiment>/distributional/: ground_truth.csv (every pair's true measures), scores.csv,
     fixed_seed_by_epoch.csv, fixed_vs_across.csv, summary.json and figures/. None if up to date."""
-    out = exp.results_dir / "distributional"
-    manifest = out / "manifest.json"
-    inputs = _inputs(exp, num_ckpts=k, measures=asked, base_digest=hashlib.sha1(base.tobytes()).hexdigest())
-    if not overwrite and _up_to_date(manifest, inputs):
+    inputs = step_inputs(exp, num_ckpts=k, measures=asked, base_digest=hashlib.sha1(base.tobytes()).hexdigest())
+    if (out := open_results(exp, "distributional", inputs, "distributional", overwrite)) is None:
         return None
-    if not overwrite:
-        _refuse_replacing_more(manifest, exp, "distributional")
-    if out.exists():
-        remove_stale_temp_files(out, recursive=True)
     truth = ground_truth(exp, base, k)
     predicted = [m for m in exp.methods if m != TRUTH]
     frame = pd.DataFrame({m: v.ravel() for m, v in truth.items()})
@@ -229,7 +223,7 @@ def write_distributional(exp: Experiment, base: np.ndarray, k: int, asked: list[
         if preds := {m: p[measure] for m, p in predictions.items() if measure in p}:
             plots.predicted_vs_true(truth[measure], preds, measure, out / "figures" / f"predicted_vs_true_{measure}")
     plots.fixed_seed_by_epoch(by_epoch, out / "figures" / "fixed_seed_spearman_by_epoch")
-    atomic_write_json({"inputs": inputs}, manifest)
+    atomic_write_json({"inputs": inputs}, out / "manifest.json")
     return out
 
 

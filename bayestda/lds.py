@@ -35,8 +35,8 @@ import pandas as pd
 from scipy import stats
 
 from . import plots
-from .analysis import _inputs, _refuse_replacing_more, _up_to_date
-from .io import atomic_write_csv, atomic_write_json, remove_stale_temp_files
+from .analysis import open_results, step_inputs
+from .io import atomic_write_csv, atomic_write_json
 from .paths import score_file
 from .statistics import Experiment, average_last_checkpoints
 from .subset_retrains import SubsetRetrains
@@ -188,16 +188,10 @@ def write_lds(exp: Experiment, retrains: SubsetRetrains, k: int, n_resamples: in
               overwrite: bool = False):  # fmt: skip
     """results/<experiment>/lds/: per_test_point.csv, lds.csv, ceilings.csv, summary.json and figures/. None if up to
     date."""
-    out = exp.results_dir / "lds"
-    manifest = out / "manifest.json"
     digest = hashlib.sha1(retrains.losses.tobytes() + retrains.members.tobytes()).hexdigest()
-    inputs = _inputs(exp, num_ckpts=k, retrains_digest=digest, bootstrap=n_resamples, level=level)
-    if not overwrite and _up_to_date(manifest, inputs):
+    inputs = step_inputs(exp, num_ckpts=k, retrains_digest=digest, bootstrap=n_resamples, level=level)
+    if (out := open_results(exp, "lds", inputs, "LDS", overwrite)) is None:
         return None
-    if not overwrite:
-        _refuse_replacing_more(manifest, exp, "LDS")
-    if out.exists():
-        remove_stale_temp_files(out, recursive=True)
     frame = per_test_point(exp, retrains, k)
     atomic_write_csv(frame, out / "per_test_point.csv", float_format="%.6f")
     table, ceilings = lds_table(frame, exp.methods, n_resamples, level)
@@ -209,7 +203,7 @@ def write_lds(exp: Experiment, retrains: SubsetRetrains, k: int, n_resamples: in
                "ceilings": {r["variant"]: r["ceiling"] for r in ceilings.to_dict("records")}}  # fmt: skip
     atomic_write_json(summary, out / "summary.json")
     plots.lds_bars(table, ceilings, out / "figures" / "lds")
-    atomic_write_json({"inputs": inputs}, manifest)
+    atomic_write_json({"inputs": inputs}, out / "manifest.json")
     return out
 
 

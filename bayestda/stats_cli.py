@@ -46,3 +46,11 @@ def experiment_from_args(p: Parser, args) -> Experiment:
         p.error(f"--methods must list distinct methods, got {args.methods!r}")
     seeds = [read_seeds()[k] for k in args.seed_ids]
     return load_experiment(model, task, n, resolve_out_root(args.out_root), methods, seeds, args.allow_partial)
+
+
+def print_step_results(out, exp: Experiment, folder: str, what: str, summary) -> None:
+    """The end of an optional step: `summary(folder)` of its results, saying so when they were up to date."""
+    if out is None:
+        print(f"{exp.name}: {what} results up to date, skipped (--overwrite to redo)")
+        out = exp.results_dir / folder
+    print(summary(out))
