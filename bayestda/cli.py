@@ -103,7 +103,11 @@ def add_common_args(p: argparse.ArgumentParser, *, num_per_class: bool = True, s
         default=None,
         help=f"folder holding MNIST/raw and cifar-10-batches-py; default ${DATA_ROOT_ENV}, else ./data",
     )
-    p.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/; default: the repository")
+    p.add_argument(
+        "--out_root",
+        default=None,
+        help="root of the artifact folders (models/, tda_scores/, retrains/, self_influence/, results/); default: the repository",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo work whose outputs already exist")
 
 

@@ -58,7 +58,9 @@ def parser(doc: str) -> Parser:
     )
     g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="vit: training autocast on GPU")
     g.add_argument("--data_root", default=None, help=f"dataset folder; default ${DATA_ROOT_ENV}, else ./data")
-    g.add_argument("--out_root", default=None, help="root of models/, tda_scores/, results/, logs/; default: the repo")
+    g.add_argument(
+        "--out_root", default=None, help="root of models/, tda_scores/, retrains/, results/, logs/; default: the repo"
+    )
     g.add_argument("--overwrite", action="store_true", help="redo every task, even those whose outputs exist")
 
     r = p.add_argument_group("running")
