@@ -28,7 +28,7 @@ from ..lifeline import PARENT_PID_ENV
 from ..paths import REPO_ROOT
 from .graph import Task, pending
 from .warm import available as warm_available
-from .warm import start_server, start_warm
+from .warm import code_stamp, start_server, start_warm
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -112,6 +112,8 @@ def run_logged(
         finally:
             LIVE_TASKS.discard(process.pid)
         rc = process.exitcode if warm else process.returncode
+        if warm and rc != 0 and log_path.stat().st_size == f.tell():  # nothing of its own in the log
+            f.write("=== it failed before its script started; the traceback is in the runner's output\n")
         f.write(f"=== exit status {rc} after {time.perf_counter() - start:.1f} s\n")
     return rc
 
@@ -137,6 +139,7 @@ class LocalExecutor:
         self.warm = not cold and warm_available()
         if self.warm:
             start_server()
+            self.stamp = code_stamp()
         self.gpus = gpus
         n_slots = len(gpus) if gpus else jobs
         self.threads = max(1, cores // n_slots)
@@ -152,6 +155,10 @@ class LocalExecutor:
         return bool(self.free)
 
     def submit(self, task: Task, log: Path, attempt: int) -> Future:
+        if self.warm and code_stamp() != self.stamp:  # a fork would mix the server's code with the new files
+            self.warm = False
+            print("the package's code changed during this run: the remaining tasks start cold, in fresh "
+                  "interpreters", file=sys.stderr, flush=True)  # fmt: skip
         slot = self.free.pop(0)
         gpu = self.gpus[slot] if self.gpus and task.uses_gpu else None
         env = placement_env(self.threads, gpu)

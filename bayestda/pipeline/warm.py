@@ -6,6 +6,10 @@ tasks of an experiment that is minutes (BENCHMARKS.md). Here a multiprocessing "
 then a fork of it that runs the step script as `python script.py` would (`runpy`, `__main__`, its argv), with
 its own environment, thread budget and log. Each task still has its own process, so a crash, a leak or a
 CUDA context stays with it. The server never touches CUDA or runs a torch op, so forking it is safe.
+
+A fork runs the code the server imported, and imports anything else from disk: if the package changes during a run
+(a `git pull`), the two would mix. So the runner stamps the code when the server starts (`code_stamp`) and starts
+every later task cold once the stamp has changed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ PRELOAD = (
     "bayestda.plots",
 )
 THREAD_VAR = "OMP_NUM_THREADS"
+_REPO = Path(__file__).resolve().parents[2]
+CODE = [(_REPO, "bayestda/**/*.py"), (_REPO, "*.py"), (_REPO, "tda_*_scripts/*.py")]  # the package and the steps
+
+
+def code_stamp() -> tuple[int, int]:
+    """(number, newest modification time) of the Python files in `CODE` ((folder, glob) pairs)."""
+    times = [p.stat().st_mtime_ns for root, pattern in CODE for p in root.glob(pattern)]
+    return len(times), max(times, default=0)
 
 
 def available() -> bool:

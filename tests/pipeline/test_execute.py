@@ -206,3 +206,26 @@ def test_a_terminated_run_stops_its_tasks_and_their_workers(tmp_path, cold):
         for pid in map(int, (tmp_path / "pids").read_text().split()) if (tmp_path / "pids").exists() else ():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_code_change_during_a_run_switches_to_cold_starts(tmp_path, monkeypatch, capsys):
+    """A fork would run the server's old modules beside new files from disk: once the code's stamp changes, tasks
+    start in fresh interpreters."""
+    from bayestda.pipeline import warm
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "mod.py").write_text("x = 1\n")
+    monkeypatch.setattr(warm, "CODE", [(code, "*.py")])
+    executor = LocalExecutor([], 1, cores=1)
+    try:
+        assert executor.warm
+        first = execute([writer(tmp_path, "a")], executor, tmp_path / "logs", "toy")
+        assert first.ok and executor.warm and "(warm start)" in (tmp_path / "logs" / "a.log").read_text()
+        (code / "new.py").write_text("y = 2\n")
+        second = execute([writer(tmp_path, "b")], executor, tmp_path / "logs", "toy")
+        assert second.ok and not executor.warm
+        assert "(warm start)" not in (tmp_path / "logs" / "b.log").read_text()
+        assert "code changed during this run" in capsys.readouterr().err
+    finally:
+        executor.close()
