@@ -18,7 +18,6 @@ usage: python bench/bench_ekfac.py --task mnist3 --num_per_class 50 [--model cnn
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import tempfile
@@ -38,8 +37,7 @@ from bayestda.data import Subset
 from bayestda.func import FunctionalModel
 from bayestda.methods.ekfac import if_ekfac
 from bayestda.methods.influence import if_ggn
-from bayestda.methods.samples import load_seed_samples
-from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
+from bench import seed_bench
 
 
 def as_dtype(subset: Subset, dtype) -> Subset:
@@ -73,22 +71,13 @@ def kronfluence_scores(model, train, test, damping: float, out_dir: str) -> torc
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="cnn", help="trained model to score: cnn, cnn3, logreg")
-    p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
-    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
-    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
+    p = seed_bench.parser(__doc__, task="mnist3", threads="torch threads")
     p.add_argument("--damping", type=float, help="λ (default: the model family's, as step 2)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--skip_ggn", action="store_true", help="skip the exact GGN (3.; minutes at CIFAR10-50pc)")
-    p.add_argument("--out_root", help="root of models/ (default: this repository)")
-    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
     args = p.parse_args()
     retain_freed_memory()
     torch.set_num_threads(args.threads)
-    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
-    samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
-                                resolve_data_root(args.data_root))  # fmt: skip
+    samples = seed_bench.seed_samples(args)
     samples.checkpoints = samples.checkpoints[-1:]  # the last one
     damping = args.damping or families.of_model(args.model).if_damping["ekfac"]
     print(f"{args.model} {args.task} {args.num_per_class}pc seed_id {args.seed_id}, epoch {samples.epochs[-1]}: "

@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import seed_bench
+
 JOBS = ("loo-scratch", "lds")
 
 
@@ -30,15 +32,11 @@ def measure_one(args) -> dict:
     from bayestda.allocator import retain_freed_memory
     from bayestda.methods.cli import parse_method_args
     from bayestda.methods.runner import compute, peak_memory_gib
-    from bayestda.methods.samples import load_seed_samples
-    from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
     from bayestda.subset_retrains import SubsetRetrainOptions, retrain_seed
 
     retain_freed_memory()  # as every step does (cli.run)
     torch.set_num_threads(1)
-    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
-    samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
-                                resolve_data_root(args.data_root))  # fmt: skip
+    samples = seed_bench.seed_samples(args)
     start = time.perf_counter()
     if args.job == "lds":
         retrain_seed(samples, SubsetRetrainOptions(lds_subsets=args.lds_subsets, workers=args.threads, stack=1), "cpu")
@@ -50,15 +48,8 @@ def measure_one(args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="cnn", help="trained model: cnn, cnn3, logreg")
-    p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
-    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
+    p = seed_bench.parser(__doc__, task="mnist3", threads="cores: worker processes of one thread each")
     p.add_argument("--lds_subsets", type=int, default=50, help="M: subsets retrained per seed")
-    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
-    p.add_argument("--threads", type=int, default=2, help="cores: worker processes of one thread each")
-    p.add_argument("--out_root", help="root of models/ (default: this repository)")
-    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # internal: measure this one job in this process
     args = p.parse_args()
     if args.job:

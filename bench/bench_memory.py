@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import seed_bench
+
 METHODS = ("gd", "gc", "ats", "if-paper", "if-ggn", "if-cg", "if-ekfac", "trak", "loo-scratch", "loo-paper")
 
 
@@ -47,15 +49,11 @@ def measure_one(args) -> dict:
     from bayestda.errors import UserError
     from bayestda.methods import influence, loo
     from bayestda.methods.runner import compute, peak_memory_gib
-    from bayestda.methods.samples import load_seed_samples
-    from bayestda.paths import REPO_ROOT, resolve_data_root
 
     retain_freed_memory()  # as step 2 does (cli.run)
     torch.set_num_threads(args.threads)
     options = step_options(args.method, args)
-    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
-    samples = load_seed_samples(args.model, args.task, args.num_per_class, args.seed_id, out_root,
-                                resolve_data_root(args.data_root))  # fmt: skip
+    samples = seed_bench.seed_samples(args)
     cuts = []
     start = time.perf_counter()
     if args.method.startswith("loo-"):  # a few of the seed's retrains (from its last checkpoint, for continuations)
@@ -91,11 +89,7 @@ def measure_one(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="cnn", help="model family of the experiment (cnn, cnn3)")
-    parser.add_argument("--task", default="cifar10", help="mnist3 or cifar10")
-    parser.add_argument("--num_per_class", type=int, default=50, help="training images per class")
-    parser.add_argument("--seed_id", type=int, default=0, help="which trained seed to load")
+    parser = seed_bench.parser(__doc__, task="cifar10", threads=None)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to measure")
     parser.add_argument("--lissa_steps", type=int, default=3,
                         help="if-paper: LiSSA steps to run (0: all); memory is the same at every step")  # fmt: skip
@@ -103,8 +97,6 @@ def main() -> None:
     parser.add_argument("--cg_iters", type=int, default=0,
                         help="if-cg: CG iterations to run (0: to its tolerance); memory is the same at every one")  # fmt: skip
     parser.add_argument("--loo_retrains", type=int, default=4, help="LOO: retrains to run; each is alike in memory")
-    parser.add_argument("--out_root", help="root of models/ (default: this repository)")
-    parser.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per method process (LOO: per worker, 1)")
     parser.add_argument("--method", help=argparse.SUPPRESS)  # internal: measure this one method in this process
     args = parser.parse_args()

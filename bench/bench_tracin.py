@@ -13,7 +13,6 @@ usage: python bench/bench_tracin.py --task mnist3 --num_per_class 50 [--model cn
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,9 +27,8 @@ from bayestda.allocator import retain_freed_memory
 from bayestda.func import FunctionalModel
 from bayestda.methods import tracin
 from bayestda.methods.grad_similarity import grad_dot_and_cos
-from bayestda.methods.samples import load_seed_samples
-from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
 from bayestda.replay import replay
+from bench import seed_bench
 
 
 def dattri_tracin(samples, states: list[dict], lrs: list[float]) -> torch.Tensor:
@@ -52,21 +50,12 @@ def dattri_tracin(samples, states: list[dict], lrs: list[float]) -> torch.Tensor
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="cnn", help="trained model to score: cnn, cnn3, logreg")
-    p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
-    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
-    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p = seed_bench.parser(__doc__, task="mnist3", threads="torch threads")
     p.add_argument("--skip_dattri", action="store_true", help="time this package only")
-    p.add_argument("--out_root", help="root of models/ (default: this repository)")
-    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
     args = p.parse_args()
     retain_freed_memory()
     torch.set_num_threads(args.threads)
-    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
-    samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
-                                resolve_data_root(args.data_root))  # fmt: skip
+    samples = seed_bench.seed_samples(args)
     cpu = torch.device("cpu")
     epochs = samples.configs[-1]["epochs"]
     print(f"{args.model} {args.task} {args.num_per_class}pc seed_id {args.seed_id}: {len(samples.train)} train × "

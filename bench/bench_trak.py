@@ -14,7 +14,6 @@ usage: python bench/bench_trak.py --task mnist3 --num_per_class 50 [--model cnn]
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -26,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bayestda.allocator import retain_freed_memory
 from bayestda.func import FunctionalModel
-from bayestda.methods.samples import load_seed_samples
 from bayestda.methods.trak import Projection, trak_scores
-from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
+from bench import seed_bench
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,22 +56,13 @@ def traker_scores(model, train, test, proj_dim: int, damping: float, save_dir: s
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="cnn", help="trained model to score: cnn, cnn3, logreg")
-    p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
-    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
-    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
+    p = seed_bench.parser(__doc__, task="mnist3", threads="torch threads")
     p.add_argument("--proj_dim", type=int, default=2048, help="k")
     p.add_argument("--damping", type=float, default=0.0, help="λ of both (traker's in its own scale)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--out_root", help="root of models/ (default: this repository)")
-    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
     args = p.parse_args()
     retain_freed_memory()
     torch.set_num_threads(args.threads)
-    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
-    samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
-                                resolve_data_root(args.data_root))  # fmt: skip
+    samples = seed_bench.seed_samples(args)
     samples.checkpoints = samples.checkpoints[-1:]  # the last one
     model = next(iter(samples.models("cpu", torch.float32)))
     train, test = samples.train, samples.test

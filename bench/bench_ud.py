@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import seed_bench
+
 METHODS = ("loo-scratch", "ud")
 
 
@@ -33,17 +35,13 @@ def measure_one(args) -> dict:
     from bayestda.allocator import retain_freed_memory
     from bayestda.methods.cli import parse_method_args
     from bayestda.methods.runner import compute, peak_memory_gib
-    from bayestda.methods.samples import load_seed_samples
-    from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
 
     retain_freed_memory()  # as step 2 does (cli.run)
     torch.set_num_threads(1 if args.method.startswith("loo") else args.threads)
     flags = ["--protocol", "scratch", "--workers", str(args.threads)] if args.method == "loo-scratch" else []
     argv = ["--model", args.model, "--task", args.task, "--num_per_class", str(args.num_per_class), "--device", "cpu"]
     options = parse_method_args("", args.method.split("-")[0], args.model, argv + flags)[2]
-    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
-    samples = load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
-                                resolve_data_root(args.data_root))  # fmt: skip
+    samples = seed_bench.seed_samples(args)
     start = time.perf_counter()
     scores, _ = compute(args.method, samples, options, "cpu")
     wall = time.perf_counter() - start
@@ -64,14 +62,7 @@ def agreement(scores: dict) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="cnn", help="trained model to score: cnn, cnn3, logreg")
-    p.add_argument("--task", default="mnist3", help="mnist3 or cifar10")
-    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
-    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
-    p.add_argument("--threads", type=int, default=2, help="cores for each method: ud's threads, LOO's workers")
-    p.add_argument("--out_root", help="root of models/ (default: this repository)")
-    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
+    p = seed_bench.parser(__doc__, task="mnist3", threads="cores for each method: ud's threads, LOO's workers")
     p.add_argument("--method", help=argparse.SUPPRESS)  # internal: measure this one method in this process
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args()

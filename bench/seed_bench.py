@@ -1,0 +1,31 @@
+"""What the benchmarks on one trained seed share: their flags, and the seed's posterior samples (step 1 must have
+trained it). Imported by the bench_*.py scripts, which put the repository on sys.path first."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def parser(doc: str, task: str = "mnist3", threads: str | None = "torch threads") -> argparse.ArgumentParser:
+    """--model --task --num_per_class --seed_id [--threads] --out_root --data_root; a script adds its own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cnn", help="trained model: cnn, cnn3, logreg")
+    p.add_argument("--task", default=task, help="mnist3 or cifar10")
+    p.add_argument("--num_per_class", type=int, default=50, help="training images per class")
+    p.add_argument("--seed_id", type=int, default=0, help="line K (0-based) of seeds.txt")
+    if threads:
+        p.add_argument("--threads", type=int, default=2, help=threads)
+    p.add_argument("--out_root", help="root of models/ (default: this repository)")
+    p.add_argument("--data_root", help="datasets (default: $BAYESTDA_DATA_ROOT, else ./data)")
+    return p
+
+
+def seed_samples(args):
+    """The seed's `SeedSamples`: its checkpoints and the data they are scored on."""
+    from bayestda.methods.samples import load_seed_samples
+    from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
+
+    out_root = Path(args.out_root) if args.out_root else REPO_ROOT
+    return load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
+                             resolve_data_root(args.data_root))  # fmt: skip
