@@ -12,7 +12,7 @@ Examples:
 
 from bayestda.cli import Parser, add_seed_ids, run
 from bayestda.mislabel import METHODS, console_summary, write_mislabel
-from bayestda.paths import read_seeds, resolve_out_root
+from bayestda.paths import read_seeds, resolve_out_root, results_dir
 from bayestda.statistics import parse_experiment_name
 
 
@@ -26,6 +26,7 @@ def main():
     )
     add_seed_ids(p)
     p.add_argument("--out_root", default=None, help="root of self_influence/ and results/; default: the repository")
+    p.add_argument("--overwrite", action="store_true", help="recompute even if the results match the current files")
     args = p.parse_args()
     model, task, n = parse_experiment_name(args.experiment)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -34,7 +35,10 @@ def main():
     seeds = [read_seeds()[k] for k in args.seed_ids]
     if len(seeds) < 2:
         p.error("the z-score and the mean over the posterior need at least 2 seeds")
-    out = write_mislabel(model, task, n, methods, seeds, resolve_out_root(args.out_root))
+    out = write_mislabel(model, task, n, methods, seeds, resolve_out_root(args.out_root), args.overwrite)
+    if out is None:
+        print(f"{args.experiment}: mislabel results up to date, skipped (--overwrite to redo)")
+        out = results_dir(resolve_out_root(args.out_root), model, task, n) / "mislabel"
     print(console_summary(out))
 
 

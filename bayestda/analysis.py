@@ -23,7 +23,8 @@ from .report import write_results_page
 from .statistics import P_TYPES, Experiment, pair_frame, pair_stats, summary_rows
 
 
-def _up_to_date(manifest: Path, inputs: dict) -> bool:
+def up_to_date(manifest: Path, inputs: dict) -> bool:
+    """Whether a step's manifest records exactly these inputs (its results are of them)."""
     return (recorded := read_manifest(manifest)) is not None and recorded["inputs"] == inputs
 
 
@@ -38,7 +39,7 @@ def open_results(exp: Experiment, folder: str, inputs: dict, step: str, overwrit
     without `overwrite`; temp files of killed writers are removed. The step writes `manifest.json` last."""
     out = exp.results_dir / folder
     manifest = out / "manifest.json"
-    if not overwrite and _up_to_date(manifest, inputs):
+    if not overwrite and up_to_date(manifest, inputs):
         return None
     if not overwrite:
         _refuse_replacing_more(manifest, exp, step)
@@ -82,7 +83,7 @@ def write_pvalues(exp: Experiment, max_ckpts: int | None = None, overwrite: bool
     ks = list(range(1, check_num_ckpts("--max_ckpts", max_ckpts, exp) + 1))
     manifest = out / PVALUES_MANIFEST
     inputs = step_inputs(exp, num_ckpts=ks)
-    if not overwrite and _up_to_date(manifest, inputs):
+    if not overwrite and up_to_date(manifest, inputs):
         return None
     if not overwrite:
         _refuse_replacing_more(manifest, exp, "step-3")
@@ -128,7 +129,7 @@ def write_correlations(exp: Experiment, num_ckpts: int | None = None, overwrite:
     manifest = out / CORRELATIONS_MANIFEST
     inputs = step_inputs(exp, num_ckpts=k)
     check_step3_matches(exp, k)
-    if not overwrite and _up_to_date(manifest, inputs):
+    if not overwrite and up_to_date(manifest, inputs):
         return None
     if not overwrite:
         _refuse_replacing_more(manifest, exp, "step-4")

@@ -19,6 +19,7 @@ flipped point ranks above a clean one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -30,10 +31,12 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from . import __version__, hints, plots
+from .analysis import up_to_date
 from .checkpoints import read_metrics
 from .data import task_argv
 from .errors import UserError
 from .io import atomic_torch_save, atomic_write_csv, atomic_write_json, remove_stale_temp_files
+from .manifest import read_inputs
 from .methods import registry
 from .methods.runner import compute, peak_memory_gib, resolve_options
 from .methods.samples import SeedSamples, load_seed_samples
@@ -167,11 +170,20 @@ def auc_table(aligned: dict[str, np.ndarray], flipped: np.ndarray) -> pd.DataFra
 
 
 def write_mislabel(model: str, task: str, n: int, methods: list[str], seeds: list[int], out_root: Path,
-                   overwrite: bool = False) -> Path:  # fmt: skip
+                   overwrite: bool = False) -> Path | None:  # fmt: skip
     """results/<experiment>/mislabel/: auc.csv, self_influence.csv (per training point: flipped, and each method's
-    mean, sd and z), summary.json and ROC figures."""
+    mean, sd and z), summary.json and ROC figures, then manifest.json; None when the manifest records these inputs
+    (unless `overwrite`)."""
     aligned, flipped, train_idx = load_self_influence(model, task, n, methods, seeds, out_root)
     out = results_dir(out_root, model, task, n) / "mislabel"
+    digest = hashlib.sha1(flipped.tobytes() + b"".join(aligned[m].tobytes() for m in methods)).hexdigest()
+    inputs = {"methods": methods, "seeds": seeds, "self_influence_digest": digest}
+    if not overwrite and up_to_date(out / "manifest.json", inputs):
+        return None
+    old = read_inputs(out / "manifest.json")
+    if not overwrite and old and not (set(old["methods"]) <= set(methods) and set(old["seeds"]) <= set(seeds)):
+        raise UserError(f"{out} holds results of methods {','.join(old['methods'])} on seeds "
+                        f"{','.join(map(str, old['seeds']))}; pass those (or more), or --overwrite to replace them")  # fmt: skip
     remove_stale_temp_files(out, recursive=True)
     table = auc_table(aligned, flipped)
     atomic_write_csv(table.set_index("method"), out / "auc.csv", float_format="%.4f")
@@ -185,6 +197,7 @@ def write_mislabel(model: str, task: str, n: int, methods: list[str], seeds: lis
                        "n_train": len(flipped), "flipped": int(flipped.sum()),
                        "single_sample": {"seed": seeds[0], "checkpoint": "last"}}, out / "summary.json")  # fmt: skip
     plots.mislabel_roc({m: rankings(v) for m, v in aligned.items()}, flipped, out / "figures" / "roc")
+    atomic_write_json({"inputs": inputs}, out / "manifest.json")
     return out
 
 

@@ -134,6 +134,10 @@ def test_the_step_reads_the_files_and_refuses_a_clean_run(noisy_run, tmp_path, d
     table = np.genfromtxt(out / "auc.csv", delimiter=",", names=True, dtype=None, encoding=None)
     assert list(table["method"]) == ["gd", "loo-scratch"] and (out / "figures/roc.png").is_file()
     assert "Mislabel detection, 3 flipped of 30 training labels, 2 seeds" in mislabel.console_summary(out)
+    assert mislabel.write_mislabel("cnn-noisy10", "mnist3", 10, ["gd", "loo-scratch"], SEEDS, noisy_run) is None
+    with pytest.raises(UserError, match="holds results of methods gd,loo-scratch on seeds 0,1; pass those"):
+        mislabel.write_mislabel("cnn-noisy10", "mnist3", 10, ["gd"], SEEDS, noisy_run)  # fewer methods
+    assert mislabel.write_mislabel("cnn-noisy10", "mnist3", 10, ["gd"], SEEDS, noisy_run, overwrite=True) == out
     with pytest.raises(UserError, match=r"no self-influence of trak for seeds 0, 1 .* python self_influence.py"):
         mislabel.write_mislabel("cnn-noisy10", "mnist3", 10, ["gd", "trak"], SEEDS, noisy_run)
     with single_thread():
