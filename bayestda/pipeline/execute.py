@@ -28,7 +28,7 @@ from ..lifeline import PARENT_PID_ENV
 from ..paths import REPO_ROOT
 from .graph import Task, pending
 from .warm import available as warm_available
-from .warm import code_stamp, start_server, start_warm
+from .warm import code_stamp, start_server, start_warm, status_file
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -100,6 +100,7 @@ def run_logged(
         f.flush()
         start = time.perf_counter()
         if warm:
+            status_file(str(log_path)).unlink(missing_ok=True)
             process = start_warm(argv, env, str(log_path), cwd)
             wait_for = process.join
         else:  # process_group=0: the task leads its own group, as a warm one does
@@ -112,9 +113,23 @@ def run_logged(
         finally:
             LIVE_TASKS.discard(process.pid)
         rc = process.exitcode if warm else process.returncode
+        if warm:
+            rc = _own_status(rc, status_file(str(log_path)), f)
         if warm and rc != 0 and log_path.stat().st_size == f.tell():  # nothing of its own in the log
             f.write("=== it failed before its script started; the traceback is in the runner's output\n")
         f.write(f"=== exit status {rc} after {time.perf_counter() - start:.1f} s\n")
+    return rc
+
+
+def _own_status(rc: int, status: Path, log) -> int:
+    """A warm task's exit status: the server's report, unless that is 255 (CPython's forkserver lost the status,
+    `warm.py`) and the task wrote its own."""
+    own = status.read_text().strip() if status.is_file() else ""
+    status.unlink(missing_ok=True)
+    if rc == 255 and own.lstrip("-").isdigit() and int(own) != 255:
+        log.write(f"=== the warm-start server reported 255 (a CPython forkserver bug under load); the task itself "
+                  f"exited with {own}\n")  # fmt: skip
+        return int(own)
     return rc
 
 

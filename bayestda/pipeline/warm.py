@@ -7,6 +7,10 @@ then a fork of it that runs the step script as `python script.py` would (`runpy`
 its own environment, thread budget and log. Each task still has its own process, so a crash, a leak or a
 CUDA context stays with it. The server never touches CUDA or runs a torch op, so forking it is safe.
 
+The server reports each task's exit status over a pipe; under load CPython's forkserver can lose it, and the
+runner then sees 255 for a task that succeeded (CPython issue #140867). So a task also writes the status it exits
+with to a file beside its log (`status_file`), which the runner reads when the server reports 255.
+
 A fork runs the code the server imported, and imports anything else from disk: if the package changes during a run
 (a `git pull`), the two would mix. So the runner stamps the code when the server starts (`code_stamp`) and starts
 every later task cold once the stamp has changed.
@@ -67,6 +71,16 @@ def _redirect_output(log: str) -> None:
     sys.stderr = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False), write_through=True)
 
 
+def status_file(log: str) -> Path:
+    """Where a warm task writes the exit status it ends with."""
+    return Path(f"{log}.status")
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status `sys.exit(code)` gives: 0 for None, the code for an integer, 1 for anything else (a message)."""
+    return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+
+
 def _run_task(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
     """In the forked process: what `python *argv` would do, with `env` added to the environment."""
     os.setpgid(0, 0)  # its own process group, with any workers it starts, so a stopped run can end them all
@@ -78,6 +92,7 @@ def _run_task(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
 
     if THREAD_VAR in env:  # the OpenMP runtime read the variable when the server loaded it: set it again
         torch.set_num_threads(int(env[THREAD_VAR]))
+    code = 0
     try:
         if argv[0] == "-c":
             sys.argv = ["-c", *argv[2:]]
@@ -86,14 +101,17 @@ def _run_task(argv: list[str], env: dict[str, str], log: str, cwd: str) -> None:
             sys.argv = list(argv)
             sys.path[0] = str(Path(argv[0]).resolve().parent)
             runpy.run_path(argv[0], run_name="__main__")
-    except SystemExit:
+    except SystemExit as exc:
+        code = _exit_status(exc)
         raise
     except BaseException:  # as the interpreter would: the traceback on stderr, exit status 1
+        code = 1
         traceback.print_exc()
         raise SystemExit(1) from None
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        status_file(log).write_text(str(code))
 
 
 def start_server() -> None:

@@ -229,3 +229,25 @@ def test_a_code_change_during_a_run_switches_to_cold_starts(tmp_path, monkeypatc
         assert "code changed during this run" in capsys.readouterr().err
     finally:
         executor.close()
+
+
+@pytest.mark.parametrize("code, status", [("pass", 0), ("raise SystemExit(2)", 2), ("raise SystemExit('no')", 1),
+                                           ("raise ValueError('x')", 1)])  # fmt: skip
+def test_a_warm_task_writes_the_status_it_exits_with(tmp_path, code, status):
+    """What the runner falls back on when CPython's forkserver loses a task's status and reports 255."""
+    from bayestda.pipeline import execute as ex
+    from bayestda.pipeline.warm import start_server, start_warm, status_file
+
+    start_server()
+    log = str(tmp_path / "t.log")
+    process = start_warm(["-c", code], {}, log, str(tmp_path))
+    process.join()
+    assert process.exitcode == status and status_file(log).read_text() == str(status)
+    with open(log, "a") as f:
+        assert ex._own_status(255, status_file(log), f) == status  # the server lost it: the task's own
+    assert not status_file(log).exists()
+    if status != 255:
+        assert "the task itself exited with" in Path(log).read_text()
+    status_file(log).write_text("0")
+    with open(log, "a") as f:
+        assert ex._own_status(-9, status_file(log), f) == -9  # a signal, reported by the server, stands
