@@ -103,6 +103,20 @@ def auc(score: np.ndarray, flipped: np.ndarray) -> float:
     return float(stats.mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
 
 
+def auc_interval(score: np.ndarray, flipped: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """Percentile bootstrap interval of the AUC, resampling the flipped and the clean points apart (so every resample
+    has as many of each): with a few flips, the AUC of one run is far from exact."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(flipped), np.flatnonzero(~flipped)
+    labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    draws = [
+        auc(score[np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]], labels) for _ in range(n_resamples)
+    ]
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def rankings(aligned: np.ndarray) -> dict[str, np.ndarray]:
     """The three rankings of a method's aligned self-influence [seeds, ckpts, n]."""
     flat = aligned.reshape(-1, aligned.shape[-1])
@@ -158,14 +172,18 @@ def load_self_influence(model: str, task: str, n: int, methods: list[str], seeds
 
 
 def auc_table(aligned: dict[str, np.ndarray], flipped: np.ndarray) -> pd.DataFrame:
-    """Per method: the AUC of each ranking, the posterior samples used, and the share of flipped points among the
-    top-ranked as many as there are flips (by the mean)."""
+    """Per method: the AUC of each ranking with its 95% bootstrap interval (`auc_interval`), the posterior samples
+    used, and the share of flipped points among the top-ranked as many as there are flips (by the mean)."""
     rows = []
     for method, values in aligned.items():
         ranks = rankings(values)
         top = np.argsort(-ranks["mean"], kind="stable")[: flipped.sum()]
-        rows.append({"method": method, **{f"auc_{r}": auc(ranks[r], flipped) for r in RANKINGS},
-                     "samples": values.shape[0] * values.shape[1], "precision_at_flips_mean": flipped[top].mean()})  # fmt: skip
+        row = {"method": method}
+        for r in RANKINGS:
+            row[f"auc_{r}"] = auc(ranks[r], flipped)
+            row[f"auc_{r}_low"], row[f"auc_{r}_high"] = auc_interval(ranks[r], flipped)
+        rows.append({**row, "samples": values.shape[0] * values.shape[1],
+                     "precision_at_flips_mean": flipped[top].mean()})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -204,9 +222,11 @@ def write_mislabel(model: str, task: str, n: int, methods: list[str], seeds: lis
 def console_summary(out: Path) -> str:
     table = pd.read_csv(out / "auc.csv", index_col=0)
     summary = json.loads((out / "summary.json").read_text())
+    cells = pd.DataFrame({r: [f"{t[f'auc_{r}']:.3f} [{t[f'auc_{r}_low']:.3f}, {t[f'auc_{r}_high']:.3f}]"
+                              for _, t in table.iterrows()] for r in RANKINGS}, index=table.index)  # fmt: skip
     return "\n".join([
         f"Mislabel detection, {summary['flipped']} flipped of {summary['n_train']} training labels, {len(summary['seeds'])} "
-        f"seeds: AUC by the mean self-influence over the posterior, by one sample (seed {summary['seeds'][0]}, last "
-        "checkpoint), and by its z-score",
-        table.to_string(float_format=lambda x: f"{x:.3f}"),
+        f"seeds: AUC [95% interval] by the mean self-influence over the posterior, by one sample (seed "
+        f"{summary['seeds'][0]}, last checkpoint), and by its z-score",
+        cells.to_string(),
     ])  # fmt: skip

@@ -127,6 +127,10 @@ def test_rankings_mean_single_sample_and_z():
     np.testing.assert_array_equal(ranks["single"], aligned[0, -1])
     table = mislabel.auc_table({"m": aligned}, flipped).iloc[0]
     assert table["auc_mean"] == 1.0 and table["samples"] == 15 and table["precision_at_flips_mean"] == 1.0
+    assert table["auc_mean_low"] == table["auc_mean_high"] == 1.0  # perfect separation in every resample
+    noisy = rng.normal(size=40)
+    low, high = mislabel.auc_interval(noisy, flipped)
+    assert low < mislabel.auc(noisy, flipped) < high and high - low > 0.3  # 4 flips: a wide interval
 
 
 def test_the_step_reads_the_files_and_refuses_a_clean_run(noisy_run, tmp_path, data_root):
