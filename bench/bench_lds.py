@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,10 +60,9 @@ def main() -> None:
           f"(+1 full-data check) against LOO-scratch; one process each, {args.threads} cores")  # fmt: skip
     rows = {}
     for job in JOBS:
-        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--job", job], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{job} failed: {proc.stderr.strip().splitlines()[-1]}")
-        rows[job] = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows[job], error = seed_bench.run_alone(__file__, "--job", job)
+        if rows[job] is None:
+            sys.exit(f"{job} failed: {error}")
         print(f"{job:12s} {rows[job]['wall_s']:8.1f} s   peak RSS {rows[job]['peak_rss_gib']:.2f} GiB", flush=True)
     seeds = len(read_seeds())
     total = seeds * rows["lds"]["wall_s"]

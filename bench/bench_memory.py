@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,12 +105,10 @@ def main() -> None:
     print(f"{args.model} {args.task} {args.num_per_class}pc, seed_id {args.seed_id}, last checkpoint; one process each")
     print(f"{'method':12s} {'peak RSS GiB':>12s} {'wall s':>8s}  cut short")
     for method in args.methods.split(","):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{method:12s} failed: {proc.stderr.strip().splitlines()[-1]}", flush=True)
+        row, error = seed_bench.run_alone(__file__, "--method", method)
+        if row is None:
+            print(f"{method:12s} failed: {error}", flush=True)
             continue
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{method:12s} {row['peak_rss_gib']:12.2f} {row['wall_s']:8.1f}  {row['cut']}", flush=True)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -77,11 +76,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in METHODS:
             save = Path(tmp) / f"{method}.pt"
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method, "--save", str(save)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"{method} failed: {proc.stderr.strip().splitlines()[-1]}")
-            rows[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows[method], error = seed_bench.run_alone(__file__, "--method", method, "--save", str(save))
+            if rows[method] is None:
+                sys.exit(f"{method} failed: {error}")
             scores[method] = torch.load(save)
             print(f"{method:12s} {rows[method]['wall_s']:8.1f} s   peak RSS {rows[method]['peak_rss_gib']:.2f} GiB",
                   flush=True)  # fmt: skip

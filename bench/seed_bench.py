@@ -1,9 +1,12 @@
-"""What the benchmarks on one trained seed share: their flags, and the seed's posterior samples (step 1 must have
-trained it). Imported by the bench_*.py scripts, which put the repository on sys.path first."""
+"""What the benchmarks on one trained seed share: their flags, the seed's posterior samples (step 1 must have
+trained it), and running one measured job alone in a fresh interpreter. Imported by the bench_*.py scripts, which put the repository on sys.path first."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -29,3 +32,13 @@ def seed_samples(args):
     out_root = Path(args.out_root) if args.out_root else REPO_ROOT
     return load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,
                              resolve_data_root(args.data_root))  # fmt: skip
+
+
+def run_alone(script: str, *job: str) -> tuple[dict | None, str]:
+    """`script` again with this run's flags plus `job` (its internal flag that picks one job), in a fresh interpreter
+    so that the job's time and peak memory are its own: (the JSON of its last output line, "") or (None, its last
+    error line)."""
+    proc = subprocess.run([sys.executable, script, *sys.argv[1:], *job], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), ""
