@@ -52,7 +52,7 @@ def main():
     k = check_num_ckpts("--num_ckpts", args.num_ckpts, exp)
     base = base_losses(exp, resolve_data_root(args.data_root), k)
     out = write_distributional(exp, base, k, asked, args.overwrite)
-    print_step_results(out, exp, "distributional", "distributional", console_summary)
+    print_step_results(out, exp.results_dir / "distributional", exp.name, "distributional", console_summary)
 
 
 if __name__ == "__main__":

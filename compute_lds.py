@@ -48,7 +48,7 @@ def main():
     k = check_num_ckpts("--num_ckpts", args.num_ckpts, exp)
     retrains = load_subset_retrains(exp)
     out = write_lds(exp, retrains, k, args.bootstrap, args.level, args.overwrite)
-    print_step_results(out, exp, "lds", "LDS", console_summary)
+    print_step_results(out, exp.results_dir / "lds", exp.name, "LDS", console_summary)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from bayestda.cli import Parser, add_seed_ids, run
 from bayestda.mislabel import METHODS, console_summary, write_mislabel
 from bayestda.paths import read_seeds, resolve_out_root, results_dir
 from bayestda.statistics import parse_experiment_name
+from bayestda.stats_cli import print_step_results
 
 
 def main():
@@ -36,10 +37,8 @@ def main():
     if len(seeds) < 2:
         p.error("the z-score and the mean over the posterior need at least 2 seeds")
     out = write_mislabel(model, task, n, methods, seeds, resolve_out_root(args.out_root), args.overwrite)
-    if out is None:
-        print(f"{args.experiment}: mislabel results up to date, skipped (--overwrite to redo)")
-        out = results_dir(resolve_out_root(args.out_root), model, task, n) / "mislabel"
-    print(console_summary(out))
+    folder = results_dir(resolve_out_root(args.out_root), model, task, n) / "mislabel"
+    print_step_results(out, folder, args.experiment, "mislabel", console_summary)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,13 @@ def read_metrics(seed_dir: Path) -> dict | None:
     return metrics
 
 
+def retrained_since(seed_dir: Path, config: dict) -> bool:
+    """Whether the seed's finished run is no longer the one whose run `config` an artifact recorded (it was retrained
+    since). A seed without a finished run counts as not retrained: there is nothing newer to compare with."""
+    metrics = read_metrics(seed_dir)
+    return metrics is not None and metrics["config"] != config
+
+
 def _run_checkpoints(seed_dir: Path, metrics: dict) -> list[Path] | None:
     """The checkpoint paths of the last epochs of the run `metrics` describes, or None if one is missing."""
     if not isinstance(epochs := metrics["config"].get("epochs"), int):

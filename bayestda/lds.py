@@ -37,6 +37,7 @@ from scipy import stats
 from . import plots
 from .analysis import open_results, step_inputs
 from .io import atomic_write_csv, atomic_write_json
+from .methods.registry import score_names
 from .paths import score_file
 from .statistics import Experiment, average_last_checkpoints
 from .subset_retrains import SubsetRetrains
@@ -176,8 +177,6 @@ def lds_table(frame: pd.DataFrame, methods: list[str], n_resamples: int = 1000, 
 
 def methods_with_scores(out_root, model: str, task: str, n: int, seeds: list[int]) -> list[str]:
     """Every registered method with a score file for each of the seeds, in registry order."""
-    from .methods.registry import score_names
-
     return [m for m in score_names() if all(score_file(out_root, model, m, task, n, s).is_file() for s in seeds)]
 
 

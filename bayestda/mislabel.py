@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, hints, plots
 from .analysis import up_to_date
-from .checkpoints import read_metrics
+from .checkpoints import retrained_since
 from .data import task_argv
 from .errors import UserError
 from .io import atomic_torch_save, atomic_write_csv, atomic_write_json, remove_stale_temp_files
@@ -40,15 +40,11 @@ from .manifest import read_inputs
 from .methods import registry
 from .methods.runner import compute, peak_memory_gib, resolve_options
 from .methods.samples import SeedSamples, load_seed_samples
-from .paths import experiment_name, read_seeds, results_dir, seed_model_dir
+from .paths import experiment_name, read_seeds, results_dir, seed_model_dir, self_influence_file
 
 METHODS = ("gd", "if-ggn", "if-paper", "trak", "loo-scratch")  # the default set
 RANKINGS = ("mean", "single", "z")
 SCRIPT = "self_influence.py"
-
-
-def self_influence_file(out_root: Path, model: str, method: str, task: str, n: int, seed: int) -> Path:
-    return out_root / "self_influence" / model / method / f"{task}_{n}pc" / f"{seed}.pt"
 
 
 def self_scores(score_name: str, samples: SeedSamples, opts, device) -> tuple[torch.Tensor, list[dict]]:
@@ -150,8 +146,7 @@ def load_self_influence(model: str, task: str, n: int, methods: list[str], seeds
                 raise UserError(f"{path} cannot be read ({type(exc).__name__}); redo it with: {fix}") from None
             if rec["seed"] != seed or rec["method"] != method or cc.get("model") != model or cc.get("seed") != seed:
                 raise UserError(f"{path} is not {method} of {name} seed {seed}; redo it with: {fix}")
-            metrics = read_metrics(seed_model_dir(out_root, model, task, n, seed))
-            if metrics is not None and metrics["config"] != cc:
+            if retrained_since(seed_model_dir(out_root, model, task, n, seed), cc):
                 raise UserError(f"{path} scored an earlier training run of seed {seed}, retrained since; redo it "
                                 f"with: {fix}")  # fmt: skip
             if not bool(torch.isfinite(rec["self"]).all()):

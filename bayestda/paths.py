@@ -109,5 +109,10 @@ def subset_retrain_file(out_root: Path, model: str, task: str, num_per_class: in
     return out_root / "retrains" / model / "lds" / f"{task}_{num_per_class}pc" / f"{seed}.pt"
 
 
+def self_influence_file(out_root: Path, model: str, method: str, task: str, num_per_class: int, seed: int) -> Path:
+    """One seed's self-influence τ(z_j, z_j) of a method (`mislabel`)."""
+    return out_root / "self_influence" / model / method / f"{task}_{num_per_class}pc" / f"{seed}.pt"
+
+
 def results_dir(out_root: Path, model: str, task: str, num_per_class: int) -> Path:
     return out_root / "results" / experiment_name(model, task, num_per_class)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from .checkpoints import read_metrics
+from .checkpoints import retrained_since
 from .data import get_task
 from .errors import UserError
 from .methods import registry
@@ -222,8 +222,7 @@ def check_score_files(records: dict, paths: dict, model: str, task: str, num_per
                 n = sum(runs.values())
                 raise UserError(f"{where} scored {what}, unlike {runs.most_common(1)[0][1]} of the {n} score files "
                                 f"(epochs {usual['ckpt_epochs']}); {fix}")  # fmt: skip
-            metrics = read_metrics(seed_model_dir(out_root, model, task, num_per_class, s))
-            if metrics is not None and metrics["config"] != cc:
+            if retrained_since(seed_model_dir(out_root, model, task, num_per_class, s), cc):
                 raise UserError(f"{where} scored an earlier training run of seed {s}, which was retrained since; {fix}")
 
 

@@ -48,9 +48,9 @@ def experiment_from_args(p: Parser, args) -> Experiment:
     return load_experiment(model, task, n, resolve_out_root(args.out_root), methods, seeds, args.allow_partial)
 
 
-def print_step_results(out, exp: Experiment, folder: str, what: str, summary) -> None:
-    """The end of an optional step: `summary(folder)` of its results, saying so when they were up to date."""
+def print_step_results(out, folder, name: str, what: str, summary) -> None:
+    """The end of an optional step: `summary(folder)` of its results (`out`, or None when they were up to date and
+    the step wrote nothing), saying so in the second case."""
     if out is None:
-        print(f"{exp.name}: {what} results up to date, skipped (--overwrite to redo)")
-        out = exp.results_dir / folder
-    print(summary(out))
+        print(f"{name}: {what} results up to date, skipped (--overwrite to redo)")
+    print(summary(folder))

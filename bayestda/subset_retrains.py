@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, hints
-from .checkpoints import read_metrics
+from .checkpoints import retrained_since
 from .data import task_argv
 from .errors import UserError
 from .io import atomic_torch_save, remove_stale_temp_files
@@ -197,8 +197,7 @@ def load_subset_retrains(exp) -> SubsetRetrains:
         cc = rec["config"].get("checkpoint_config", {})
         if rec["seed"] != seed or cc.get("seed") != seed or cc.get("model") != exp.model:
             raise UserError(f"{path} is not of {exp.name} seed {seed}; redo it with: {fix}")
-        metrics = read_metrics(seed_model_dir(exp.out_root, exp.model, exp.task, exp.num_per_class, seed))
-        if metrics is not None and metrics["config"] != cc:
+        if retrained_since(seed_model_dir(exp.out_root, exp.model, exp.task, exp.num_per_class, seed), cc):
             raise UserError(f"{path} retrained an earlier training run of seed {seed}, which was retrained since; "
                             f"redo it with: {fix}")  # fmt: skip
         if not (np.array_equal(rec["train_idx"].numpy(), exp.train_idx)

@@ -158,8 +158,8 @@ def train(
     before_step: StepHook | None = None,
     progress: Callable | None = None,
 ) -> list[float]:
-    """Train for epochs start_epoch+1 .. len(orders), visiting `data` in the order `orders[e-1]` (positions in `data`;
-    an order may visit only some of them: a retrain on a subset).
+    """Train for epochs start_epoch+1 .. E of `orders` [E, k], visiting `data` in the order `orders[e-1]` (positions
+    in `data`; an order may visit only some of them: a retrain on a subset).
 
     `sample_weight` (one weight per position in `data`) reweights per-sample losses: a zero drops a
     sample's loss but keeps its slot in the batch mean (the paper's LOO). `exclude` removes position

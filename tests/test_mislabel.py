@@ -19,7 +19,7 @@ from bayestda.ensemble import EnsembleSpec, train_ensemble
 from bayestda.errors import UserError
 from bayestda.methods import loo
 from bayestda.methods.samples import load_seed_samples
-from bayestda.paths import REPO_ROOT
+from bayestda.paths import REPO_ROOT, self_influence_file
 from bayestda.posterior import label_noise_of, model_name, parse_model_name
 from bayestda.training import evaluate
 
@@ -72,7 +72,7 @@ def test_the_recorded_flips_are_the_labels_trained_on_and_scored(noisy_run, data
     assert differ == record["flipped"] == label_noise.flip_labels(clean.y, (0, 1, 2), 0.1)[1].tolist()
     assert samples.train.y[differ].tolist() == record["labels"] and len(differ) == 3
     # the run trained on those labels: a replay on them reproduces the checkpoints, a replay on the clean ones does not
-    rec = torch.load(mislabel.self_influence_file(noisy_run, "cnn-noisy10", "loo-scratch", "mnist3", 10, 0),
+    rec = torch.load(self_influence_file(noisy_run, "cnn-noisy10", "loo-scratch", "mnist3", 10, 0),
                      weights_only=True)  # fmt: skip
     assert rec["config"]["diagnostics"][0]["max_abs_full_retrain_minus_checkpoint_test_loss"] < 1e-5
     ctx = loo.retrain_context("scratch", dataclasses.replace(samples, train=clean), "cpu")
@@ -93,7 +93,7 @@ def test_a_doctored_flip_record_is_refused(noisy_run, data_root):
 def test_gd_self_influence_is_the_squared_gradient_norm(noisy_run, data_root):
     """The slow reference: per training point, autograd's gradient of its own loss, squared."""
     samples = load_seed_samples("cnn-noisy10", "mnist3", 10, 1, noisy_run, data_root)
-    got = torch.load(mislabel.self_influence_file(noisy_run, "cnn-noisy10", "gd", "mnist3", 10, 1), weights_only=True)
+    got = torch.load(self_influence_file(noisy_run, "cnn-noisy10", "gd", "mnist3", 10, 1), weights_only=True)
     for c, model in enumerate(samples.models()):
         model = model.double()
         for j in (0, 7, 22):
