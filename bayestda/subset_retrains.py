@@ -87,7 +87,11 @@ def retrain_seed(samples: SeedSamples, opts: SubsetRetrainOptions, device) -> tu
     losses = torch.stack(loo.run_retrains(ctx, jobs, opts.workers, "LDS retrains", stack), 0)  # [M, ckpts, m]
     full = loo.run_retrains(ctx, [loo.Retrain(None, zero_weight=False)], 1, "full-data retrain")[0]
     base = torch.stack([evaluate(m, samples.test, loss_dtype)[0] for m in samples.models(device)])
-    diag = {"max_abs_full_retrain_minus_checkpoint_test_loss": (full - base).abs().max().item(), "stack": stack}
+    diag = {
+        "max_abs_full_retrain_minus_checkpoint_test_loss": (full - base).abs().max().item(),
+        "stack": stack,
+        "retrain_threads": loo.retrain_threads(device, stack),
+    }
     return losses, members, diag
 
 

@@ -58,10 +58,12 @@ def test_logreg_stacks_its_retrains_on_a_cpu(scored, data_root, tmp_path):
     assert families.get("logreg").auto_stack["cpu"] == 64
     stacked = load(scored, "loo-scratch")
     assert stacked["config"]["diagnostics"][0]["stack"] == 64
+    assert stacked["config"]["diagnostics"][0]["retrain_threads"] == stacked["config"]["threads"]  # the process's
     shutil.copytree(scored / "models", tmp_path / "models")
     opts = dataclasses.replace(registry.get("loo").default_options("loo-scratch"), workers=1, stack=1)
     run_method("loo-scratch", "logreg", "mnist3", 10, SEEDS[:1], tmp_path, data_root, "cpu", opts)
     alone = load(tmp_path, "loo-scratch")
     assert alone["config"]["diagnostics"][0]["stack"] == 1
+    assert alone["config"]["diagnostics"][0]["retrain_threads"] == 1  # each retrain single-threaded on a CPU
     scale = alone["scores"].abs().max().item()
     torch.testing.assert_close(stacked["scores"], alone["scores"], rtol=0, atol=1e-3 * scale)

@@ -192,6 +192,11 @@ def _worker_retrain(job: Retrain) -> torch.Tensor:
     return run_retrain(_WORKER_CTX, job)
 
 
+def retrain_threads(device, stack: int) -> int:
+    """CPU threads each retrain sums with (the bits depend on it): one on a CPU unless stacked (`run_retrains`)."""
+    return 1 if torch.device(device).type == "cpu" and stack <= 1 else torch.get_num_threads()
+
+
 def run_retrains(
     ctx: RetrainContext, jobs: list[Retrain], workers: int, desc: str, stack: int = 1
 ) -> list[torch.Tensor]:
@@ -326,7 +331,7 @@ def score(samples: SeedSamples, opts: LOOOptions, device) -> tuple[torch.Tensor,
     base = torch.stack([evaluate(m, samples.test, loss_dtype)[0] for m in samples.models(device)])
     stack = resolve_stack(opts.stack, samples.configs[0], device)
     scores, diag = loo_scores(opts.protocol, ctx, base, opts.workers, stack)
-    return scores, [{**diag, "stack": stack}]
+    return scores, [{**diag, "stack": stack, "retrain_threads": retrain_threads(device, stack)}]
 
 
 METHOD = register(

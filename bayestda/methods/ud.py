@@ -21,6 +21,10 @@ LOO's sign: positive when z_j helps z. Its ground truth is therefore `loo-paired
 initialisation: the retrain that zeroes z_j's loss weight (the batch keeps its size). One score per checkpoint
 epoch: [5, n_train, n_test], like LOO.
 
+Precision: where a coordinate's gradient is near Adam's eps, the step's derivative there is ≈ lr/eps, which
+amplifies float32 rounding in the tangents. `tangent_dtype=float64` takes every step's derivatives in float64 at the
+run's own float32 weights and moments, cast (the run itself is unchanged).
+
 The CNNs and `logreg`: families that augment or drop out (the ViT) are refused, their steps being random functions
 of the batch that this replay does not differentiate.
 """
@@ -51,9 +55,13 @@ class UnrolledTangents:
     """Hooks for `training.train` (`before_step`, `on_epoch_end`) that carry dθ/dε, dm/dε and dv/dε of every
     training point through the run and score the test set at `score_epochs`: τ [n_train, n_test] per epoch."""
 
-    def __init__(self, train: Subset, test: Subset, weight_decay: float, score_epochs, chunk: int, hvp_chunk: int):
-        """`hvp_chunk` tangents per vmapped Hessian-vector product, `chunk` test points per vmapped gradient."""
-        self.train, self.test, self.weight_decay = train, test, weight_decay
+    def __init__(self, train: Subset, test: Subset, weight_decay: float, score_epochs, chunk: int, hvp_chunk: int,
+                 dtype: torch.dtype | None = None):  # fmt: skip
+        """`hvp_chunk` tangents per vmapped Hessian-vector product, `chunk` test points per vmapped gradient; `dtype`
+        of the tangents and of every step's derivatives (taken at the run's own weights, cast), default the run's."""
+        self.dtype = dtype
+        cast = lambda d: d if dtype is None else Subset(d.x.to(dtype), d.y, d.idx)  # noqa: E731
+        self.train, self.test, self.weight_decay = cast(train), cast(test), weight_decay
         self.chunk, self.hvp_chunk = chunk, hvp_chunk
         self.score_epochs = set(score_epochs)
         self.scores: dict[int, torch.Tensor] = {}
@@ -61,14 +69,15 @@ class UnrolledTangents:
 
     def _state(self, model, optimizer):
         # in the standard layout: the training loop's channels-last weights slow the vmapped double backward down
-        params = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
+        dtype = self.dtype or next(model.parameters()).dtype
+        params = {k: p.detach().to(dtype).contiguous() for k, p in model.named_parameters() if p.requires_grad}
         if self.theta is None:
             p = sum(t.numel() for t in params.values())
             self.theta, self.m, self.v = (next(iter(params.values())).new_zeros(len(self.train), p) for _ in range(3))
         moments = []
         for key in ("exp_avg", "exp_avg_sq"):
             parts = [optimizer.state[p].get(key) for p in model.parameters() if p.requires_grad]
-            moments.append(flatten([t if t is not None else torch.zeros_like(q) for t, q in
+            moments.append(flatten([t.to(dtype) if t is not None else torch.zeros_like(q) for t, q in
                                     zip(parts, params.values(), strict=True)]))  # fmt: skip
         step = next(optimizer.state[p].get("step", 0) for p in model.parameters() if p.requires_grad)
         return params, moments[0], moments[1], int(step)
@@ -106,7 +115,8 @@ class UnrolledTangents:
 
     def on_epoch_end(self, epoch, model, optimizer, train_loss):
         if epoch in self.score_epochs:
-            fm = FunctionalModel(copy.deepcopy(model).eval(), chunk=self.chunk)  # scoring must not touch the run
+            scorer = copy.deepcopy(model).eval()  # scoring must not touch the run
+            fm = FunctionalModel(scorer if self.dtype is None else scorer.to(self.dtype), chunk=self.chunk)
             self.scores[epoch] = -flat_test_gram(fm, self.theta, self.test)
 
 
@@ -115,8 +125,14 @@ CPU_HVP_CHUNK = 4  # on a CPU, few tangents per HVP keep the batch's tangent act
 
 @dataclass(frozen=True)
 class UDOptions(MemoryOptions):
-    """Memory and speed only: `hvp_chunk` tangents per vmapped Hessian-vector product, `chunk` test points per
-    vmapped gradient."""
+    """`tangent_dtype`; the rest is memory and speed only: `hvp_chunk` tangents per vmapped Hessian-vector product,
+    `chunk` test points per vmapped gradient."""
+
+    tangent_dtype: str = option("float32", "dtype of the tangents and of each step's derivatives, taken at the run's "
+                                "own (float32) weights. Adam's step divides by sqrt(v) + eps, so where a gradient "
+                                "coordinate is near eps it multiplies float32 rounding by up to lr/eps; float64 "
+                                "removes that, at a few times the cost on a CPU (BENCHMARKS.md)",
+                                choices=("float32", "float64"))  # fmt: skip
 
     hvp_chunk: int | str = option("auto", lambda: f"tangents per vmapped Hessian-vector product; auto: {CPU_HVP_CHUNK} "
                                   "on a CPU, the model family's on a GPU: " + families.defaults(
@@ -141,6 +157,7 @@ def score(samples, opts: UDOptions, device) -> tuple[torch.Tensor, list[dict]]:
         samples.epochs,
         opts.chunk,
         opts.hvp_chunk,
+        None if opts.tangent_dtype == "float32" else getattr(torch, opts.tangent_dtype),
     )
     bar = lambda it: tqdm(it, desc=f"ud seed {samples.seed}", unit="epoch", leave=False)  # noqa: E731
     diagnostics = replay(samples, device, on_epoch_end=tangents.on_epoch_end, before_step=tangents.before_step,

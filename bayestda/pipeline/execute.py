@@ -112,11 +112,12 @@ def run_logged(
             wait_for()
         finally:
             LIVE_TASKS.discard(process.pid)
-        rc = process.exitcode if warm else process.returncode
         if warm:
-            rc = _own_status(rc, status_file(str(log_path)), f)
-        if warm and rc != 0 and log_path.stat().st_size == f.tell():  # nothing of its own in the log
-            f.write("=== it failed before its script started; the traceback is in the runner's output\n")
+            rc = _own_status(process.exitcode, status_file(str(log_path)), f)
+            if rc != 0 and log_path.stat().st_size == f.tell():  # nothing of its own in the log
+                f.write("=== it failed before its script started; the traceback is in the runner's output\n")
+        else:
+            rc = process.returncode
         f.write(f"=== exit status {rc} after {time.perf_counter() - start:.1f} s\n")
     return rc
 

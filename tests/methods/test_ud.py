@@ -128,3 +128,72 @@ def test_a_seed_whose_checkpoints_the_replay_misses_is_refused(samples):
     doctored = with_last_checkpoint_moved(samples)
     with pytest.raises(UserError, match=r"does not reproduce its checkpoint of epoch 3 .*retrain it with: "):
         ud.score(doctored, ud.UDOptions(chunk=8, hvp_chunk=16), torch.device("cpu"))
+
+
+def test_float64_tangents_are_the_derivative_along_the_float32_run():
+    """On a float32 run, `dtype=float64` carries the forward-mode derivative of each Adam step taken in float64 at
+    that step's float32 state: here torch.func.jvp through a plainly written step (z_j's loss weighted 1 + ε, batch
+    means over the batch size), carried from step to step and read against float64 test gradients."""
+    from torch.func import functional_call, grad, jvp
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    init, data, test = TinyNet(), toy_data(10, dtype=torch.float32), toy_data(5, seed=1, dtype=torch.float32)
+    orders = batch_orders(10, CFG.epochs, 3)
+    names = [k for k, _ in init.named_parameters()]
+    flat = lambda ts: torch.cat([t.detach().reshape(-1).double() for t in ts])  # noqa: E731
+    steps, ends = [], {}
+
+    def record(epoch, positions, model, optimizer):
+        state = [optimizer.state[p] for p in model.parameters()]
+        moments = [flat([s.get(k, torch.zeros_like(p)) for s, p in zip(state, model.parameters(), strict=True)])
+                   for k in ("exp_avg", "exp_avg_sq")]  # fmt: skip
+        steps.append((epoch, positions.clone(), flat(model.parameters()), *moments, int(state[0].get("step", 0))))
+        for t in tangents:
+            t.before_step(epoch, positions, model, optimizer)
+
+    def on_epoch_end(epoch, model, optimizer, loss):
+        ends[epoch] = flat(model.parameters())
+        for t in tangents:
+            t.on_epoch_end(epoch, model, optimizer, loss)
+
+    tangents = [ud.UnrolledTangents(data, test, CFG.weight_decay, [1, 2, 3], chunk=3, hvp_chunk=3, dtype=dtype)
+                for dtype in (torch.float64, None)]  # fmt: skip
+    model = copy.deepcopy(init)
+    optimizer = make_optimizer(model, CFG)
+    train(model, optimizer, data, orders, CFG, before_step=record, on_epoch_end=on_epoch_end)
+    (beta1, beta2), adam_eps, lr = (optimizer.param_groups[0][k] for k in ("betas", "eps", "lr"))
+
+    net = copy.deepcopy(init).double()
+    shapes = [p.shape for p in init.parameters()]
+
+    def unflat(theta):
+        chunks = theta.split([s.numel() for s in shapes])
+        return {k: c.view(s) for k, c, s in zip(names, chunks, shapes, strict=True)}
+
+    x64, tx64 = data.x.double(), test.x.double()
+
+    def adam_step(theta, m, v, eps_w, positions, j, t):
+        weight = 1 + eps_w * (positions == j).double()
+        loss = lambda th: (weight * F.cross_entropy(functional_call(net, unflat(th), (x64[positions],)),  # noqa: E731
+                                                    data.y[positions], reduction="none")).mean()  # fmt: skip
+        g = grad(loss)(theta) + CFG.weight_decay * theta
+        m2, v2 = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+        c1, c2 = 1 - beta1 ** (t + 1), 1 - beta2 ** (t + 1)
+        return theta - lr / c1 * m2 / ((v2 / c2).sqrt() + adam_eps), m2, v2
+
+    test_loss = lambda th, k: F.cross_entropy(functional_call(net, unflat(th), (tx64[k : k + 1],)), test.y[k : k + 1])  # noqa: E731
+    errors = {torch.float64: 0.0, None: 0.0}
+    for j in (0, 4, 9):
+        dot = [torch.zeros_like(steps[0][2]) for _ in range(3)]
+        for i, (epoch, positions, theta, m, v, t) in enumerate(steps):
+            dot = list(jvp(lambda th, mm, vv, e: adam_step(th, mm, vv, e, positions, j, t),  # noqa: B023
+                           (theta, m, v, torch.zeros((), dtype=torch.float64)),
+                           (*dot, torch.ones((), dtype=torch.float64)))[1])  # fmt: skip
+            if i + 1 == len(steps) or steps[i + 1][0] != epoch:  # the epoch's last step
+                want = -torch.stack([grad(test_loss)(ends[epoch], k) @ dot[0] for k in range(len(test))])
+                for tg in tangents:
+                    err = ((tg.scores[epoch][j] - want).abs().max() / want.abs().max()).item()
+                    errors[tg.dtype] = max(errors[tg.dtype], err)
+    assert errors[torch.float64] < 1e-12  # the same derivative, up to float64 rounding
+    assert errors[None] > 1e-9  # float32 tangents are not (on this well-conditioned toy, by ~1e-7)
