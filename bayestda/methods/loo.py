@@ -218,8 +218,7 @@ def run_retrains(
         return [out[k] for k in range(len(jobs))]
     if workers <= 1 or ctx.device != "cpu":
         threads = torch.get_num_threads()
-        if ctx.device == "cpu":
-            torch.set_num_threads(1)
+        torch.set_num_threads(retrain_threads(ctx.device, stack))
         try:
             out = []
             for job in jobs:

@@ -157,7 +157,7 @@ def score(samples, opts: UDOptions, device) -> tuple[torch.Tensor, list[dict]]:
         samples.epochs,
         opts.chunk,
         opts.hvp_chunk,
-        None if opts.tangent_dtype == "float32" else getattr(torch, opts.tangent_dtype),
+        getattr(torch, opts.tangent_dtype),
     )
     bar = lambda it: tqdm(it, desc=f"ud seed {samples.seed}", unit="epoch", leave=False)  # noqa: E731
     diagnostics = replay(samples, device, on_epoch_end=tangents.on_epoch_end, before_step=tangents.before_step,
