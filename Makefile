@@ -14,6 +14,10 @@ DATA_DEPS := $(OFFLINE_DATA)/.ready
 endif
 endif
 
+# One pytest-xdist worker per core, each test file in one worker (its module fixtures are built once); the
+# workers split the cores' threads between them (tests/conftest.py). `make test TEST_WORKERS=` runs serially.
+TEST_WORKERS ?= -n auto --dist loadfile
+
 .PHONY: demo test test-all lint clean-demo
 
 # req-scale.txt (Ray, submitit) is optional for users; the tests of those backends need it. The package itself is
@@ -45,11 +49,11 @@ $(VENV)/.test-installed: req-test.txt $(VENV)/.installed
 # `make test-all` runs them too.
 test: $(VENV)/.installed $(VENV)/.test-installed $(DATA_DEPS)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" $(TEST_WORKERS)
 
 test-all: $(VENV)/.installed $(VENV)/.test-installed $(DATA_DEPS)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest $(TEST_WORKERS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import os
 import runpy
+import signal
 import subprocess
 import sys
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+
+# Under pytest-xdist (`make test` runs one worker per core), each worker and the scripts it starts get an even
+# share of the cores: torch's default, a thread per core in every worker, oversubscribes the CPU, and its
+# spinning threads then run many times slower. Set before torch is imported, so the subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _share = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _share)
 
 import pytest
 
@@ -39,16 +52,70 @@ def cifar_root(data_root) -> Path:
     return data_root
 
 
+def run_in_process(script: str | Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a top-level script as `python script args` would, but in this interpreter: a fresh one costs seconds
+    of imports per call. Its stdout, stderr and exit status come back as from `subprocess.run`; what a script
+    may change for the whole process (environment, sys.path, working folder, torch threads, RNG and
+    float32 precision, the SIGTERM handler, remembered flags) is put back afterwards. `OMP_NUM_THREADS` in `env` sets torch's threads for the run, as it would in
+    a fresh interpreter."""
+    import torch
+
+    from bayestda import data, hints
+
+    path = Path(script) if Path(script).is_absolute() else REPO_ROOT / script
+    saved = (dict(os.environ), list(sys.path), sys.argv, os.getcwd(), torch.get_num_threads(),
+             torch.get_rng_state(), signal.getsignal(signal.SIGTERM), dict(hints._given), set(data._UNVERIFIED_CIFAR))  # fmt: skip
+    precision = [(f, f.fp32_precision) for f in (torch.backends, torch.backends.cudnn.conv, torch.backends.cuda.matmul)]
+    hints.forget()  # what a fresh interpreter starts with: no remembered flags, no CIFAR-10 warning given yet
+    data._UNVERIFIED_CIFAR.clear()
+    os.environ.update(env or {})
+    if "OMP_NUM_THREADS" in (env or {}):
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    sys.argv = [str(path), *args]
+    os.chdir(REPO_ROOT)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                runpy.run_path(str(path), run_name="__main__")
+            except SystemExit as stop:
+                if isinstance(stop.code, str):
+                    print(stop.code, file=sys.stderr)
+                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            except BaseException:  # what an uncaught error would print before exit status 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved[0])
+        sys.path[:], sys.argv = saved[1], saved[2]
+        os.chdir(saved[3])
+        torch.set_num_threads(saved[4])
+        torch.set_rng_state(saved[5])
+        signal.signal(signal.SIGTERM, saved[6])
+        hints._given.clear()
+        hints._given.update(saved[7])
+        data._UNVERIFIED_CIFAR.clear()
+        data._UNVERIFIED_CIFAR.update(saved[8])
+        for flags, value in precision:
+            flags.fp32_precision = value
+    return subprocess.CompletedProcess([sys.executable, str(path), *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def run_script(data_root):
-    """Run a top-level script in a subprocess, as a user would from a shell."""
+    """Run a top-level script with the real datasets: in this interpreter by default (`run_in_process`), or,
+    with `fresh=True` or `$BAYESTDA_TEST_SUBPROCESS=1`, in a subprocess as a user would from a shell (for what
+    only a new process shows)."""
 
-    def run(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, "BAYESTDA_DATA_ROOT": str(data_root), "PYTHONUNBUFFERED": "1", **(env or {})}
+    def run(script: str, *args: str, env: dict | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+        full_env = {"BAYESTDA_DATA_ROOT": str(data_root), "PYTHONUNBUFFERED": "1", **(env or {})}
+        if not (fresh or os.environ.get("BAYESTDA_TEST_SUBPROCESS") == "1"):
+            return run_in_process(script, *args, env=full_env)
         return subprocess.run(
             [sys.executable, str(REPO_ROOT / script), *args],
             cwd=REPO_ROOT,
-            env=full_env,
+            env={**os.environ, **full_env},
             capture_output=True,
             text=True,
             timeout=600,

@@ -54,3 +54,19 @@ def test_every_help_is_complete_and_shows_only_what_the_script_uses(script_help,
         assert "--hvp_chunk" not in text and "--damping" not in text
     if script.endswith("if.py"):
         assert "--hvp_chunk" in text
+
+
+def test_a_script_run_in_process_leaves_the_process_as_it_found_it(run_script, tmp_path):
+    """The tests' in-process script runner (tests/conftest.py) gives a script's exit status and one-line error as
+    a shell would, and puts back what the script changed for the whole process."""
+    import os
+
+    from bayestda import hints
+
+    env, given, threads = dict(os.environ), dict(hints._given), torch.get_num_threads()
+    proc = run_script("train_cnn.py", "--task", "mnist3", "--num_per_class", "10", "--subsets", "paper",
+                      "--paper_subsets_dir", str(tmp_path), "--out_root", str(tmp_path),
+                      env={"OMP_NUM_THREADS": str(threads + 1)})  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"--paper_subsets_dir {tmp_path.resolve()} has no mnist3/ folder" in proc.stderr
+    assert dict(os.environ) == env and hints._given == given and torch.get_num_threads() == threads

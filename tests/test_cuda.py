@@ -22,6 +22,13 @@ from bayestda.paths import score_file, seed_model_dir
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+
+@pytest.fixture(scope="session")
+def run_script(run_script):
+    """The scripts in a fresh interpreter each: CUDA state and precision settings must not carry over."""
+    return lambda script, *args, **kw: run_script(script, *args, fresh=True, **kw)
+
+
 COMMON = ["--task", "mnist3", "--num_per_class", "10", "--seed_id", "0"]
 CNN_METHODS = {  # method -> (script, extra flags, tolerance on ‖cuda − cpu‖ / ‖cpu‖)
     "gd": ("gd.py", [], 1e-5),
