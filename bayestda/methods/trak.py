@@ -43,9 +43,9 @@ BLOCK = 8192  # parameters per generated block of R (rounded to whole output row
 
 
 @functools.cache
-def _sign_table(dtype) -> torch.Tensor:
-    """[256, 8]: the bits of each byte as ±1."""
-    return ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(dtype) * 2 - 1
+def _sign_table(dtype, scale: float) -> torch.Tensor:
+    """[256, 8]: the bits of each byte as ±scale (the same bits as ±1 times scale in `dtype`)."""
+    return (((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(dtype) * 2 - 1).mul_(scale)
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,14 @@ class Projection:
     def block(self, name: str, index: int, rows: int, dtype, device) -> torch.Tensor:
         """Rows [index·rows_per_block, ...) of the parameter `name`'s part of R, [rows, k], variance 1/k."""
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(name.encode()) * 65_537 + index) % 2**63)
-        if self.kind == "rademacher":  # 64 signs per random word, unpacked a byte at a time through a table
+        scale = self.dim**-0.5
+        if self.kind == "rademacher":  # 64 signs per random word, unpacked a byte at a time through a scaled table
             words = torch.randint(-(2**63), 2**63 - 1, (-(-rows * self.dim // 64),), generator=g, dtype=torch.int64)
-            signs = torch.index_select(_sign_table(dtype), 0, words.view(torch.uint8).int())
+            signs = torch.index_select(_sign_table(dtype, scale), 0, words.view(torch.uint8).int())
             r = signs.view(-1)[: rows * self.dim].view(rows, self.dim)
         else:
-            r = torch.randn(rows, self.dim, generator=g, dtype=torch.float32).to(dtype)
-        return r.mul_(self.dim**-0.5).to(device)
+            r = torch.randn(rows, self.dim, generator=g, dtype=torch.float32).to(dtype).mul_(scale)
+        return r.to(device)
 
     def blocks(self, featurizer: GradFeaturizer, feats: GradFeatures | None = None):
         """(flat parameter slice, R block, that block of the per-sample gradients in `feats` or None) for every
