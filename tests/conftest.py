@@ -9,21 +9,24 @@ import signal
 import subprocess
 import sys
 import traceback
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import ExitStack, redirect_stderr, redirect_stdout
 from pathlib import Path
+
+import pytest
+import torch
+from helpers import kept_fp32_precision
+
+from bayestda import data, hints
+from bayestda.cli import available_cores
+from bayestda.paths import REPO_ROOT, resolve_data_root
 
 # Under pytest-xdist (`make test` runs one worker per core), each worker and the scripts it starts get an even
 # share of the cores: torch's default, a thread per core in every worker, oversubscribes the CPU, and its
-# spinning threads then run many times slower. Set before torch is imported, so the subprocesses inherit it.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    _share = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_var, _share)
-
-import pytest
-
-from bayestda.paths import REPO_ROOT, resolve_data_root
+# spinning threads then run many times slower. The environment carries the share to the subprocesses.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(max(1, available_cores() // workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
@@ -52,29 +55,38 @@ def cifar_root(data_root) -> Path:
     return data_root
 
 
+def _refill(container, contents) -> None:
+    """Make a dict, set or list hold exactly `contents` again, in place (others may hold a reference to it)."""
+    container.clear()
+    (container.extend if isinstance(container, list) else container.update)(contents)
+
+
 def run_in_process(script: str | Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a top-level script as `python script args` would, but in this interpreter: a fresh one costs seconds
     of imports per call. Its stdout, stderr and exit status come back as from `subprocess.run`; what a script
-    may change for the whole process (environment, sys.path, working folder, torch threads, RNG and
-    float32 precision, the SIGTERM handler, remembered flags) is put back afterwards. `OMP_NUM_THREADS` in `env` sets torch's threads for the run, as it would in
-    a fresh interpreter."""
-    import torch
-
-    from bayestda import data, hints
-
+    may change for the whole process (environment, sys.path, sys.argv, working folder, torch threads, RNG and
+    float32 precision, the SIGTERM handler, remembered flags, CIFAR-10 warnings given) is put back afterwards,
+    and starts as in a fresh interpreter. `OMP_NUM_THREADS` in `env` sets torch's threads for the run."""
     path = Path(script) if Path(script).is_absolute() else REPO_ROOT / script
-    saved = (dict(os.environ), list(sys.path), sys.argv, os.getcwd(), torch.get_num_threads(),
-             torch.get_rng_state(), signal.getsignal(signal.SIGTERM), dict(hints._given), set(data._UNVERIFIED_CIFAR))  # fmt: skip
-    precision = [(f, f.fp32_precision) for f in (torch.backends, torch.backends.cudnn.conv, torch.backends.cuda.matmul)]
-    hints.forget()  # what a fresh interpreter starts with: no remembered flags, no CIFAR-10 warning given yet
-    data._UNVERIFIED_CIFAR.clear()
-    os.environ.update(env or {})
-    if "OMP_NUM_THREADS" in (env or {}):
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    sys.argv = [str(path), *args]
-    os.chdir(REPO_ROOT)
     out, err, code = io.StringIO(), io.StringIO(), 0
-    try:
+    with ExitStack() as restore:
+        restore.enter_context(kept_fp32_precision())
+        environ, threads, rng = dict(os.environ), torch.get_num_threads(), torch.get_rng_state()
+        restore.callback(_refill, os.environ, environ)
+        restore.callback(torch.set_num_threads, threads)
+        restore.callback(torch.set_rng_state, rng)
+        restore.callback(signal.signal, signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+        restore.callback(os.chdir, os.getcwd())
+        restore.callback(setattr, sys, "argv", sys.argv)
+        restore.callback(_refill, sys.path, list(sys.path))  # the script prepends the repository root
+        for kept in (hints._given, data._UNVERIFIED_CIFAR):  # module state a fresh interpreter starts without
+            restore.callback(_refill, kept, kept.copy())
+            kept.clear()
+        os.environ.update(env or {})
+        if "OMP_NUM_THREADS" in (env or {}):
+            torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+        sys.argv = [str(path), *args]
+        os.chdir(REPO_ROOT)
         with redirect_stdout(out), redirect_stderr(err):
             try:
                 runpy.run_path(str(path), run_name="__main__")
@@ -85,20 +97,6 @@ def run_in_process(script: str | Path, *args: str, env: dict | None = None) -> s
             except BaseException:  # what an uncaught error would print before exit status 1
                 traceback.print_exc()
                 code = 1
-    finally:
-        os.environ.clear()
-        os.environ.update(saved[0])
-        sys.path[:], sys.argv = saved[1], saved[2]
-        os.chdir(saved[3])
-        torch.set_num_threads(saved[4])
-        torch.set_rng_state(saved[5])
-        signal.signal(signal.SIGTERM, saved[6])
-        hints._given.clear()
-        hints._given.update(saved[7])
-        data._UNVERIFIED_CIFAR.clear()
-        data._UNVERIFIED_CIFAR.update(saved[8])
-        for flags, value in precision:
-            flags.fp32_precision = value
     return subprocess.CompletedProcess([sys.executable, str(path), *args], code, out.getvalue(), err.getvalue())
 
 
@@ -125,22 +123,13 @@ def run_script(data_root):
 
 
 @pytest.fixture
-def script_help(monkeypatch, capsys):
-    """A script's `--help` text, from its parser run in this process (a fresh interpreter per script costs
-    seconds of imports; the scripts' shell entry is exercised by the end-to-end tests that run them)."""
-    import bayestda.cli
-
-    monkeypatch.setattr(bayestda.cli, "run", lambda main: main())  # no signal handlers or lifeline in pytest
+def script_help():
+    """A script's `--help` text, from its parser run in this process (`run_in_process`)."""
 
     def help_text(script: str) -> str:
-        monkeypatch.setattr(sys, "argv", [str(REPO_ROOT / script), "--help"])
-        monkeypatch.setattr(sys, "path", list(sys.path))  # the script prepends the repository root
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stop:
-            runpy.run_path(str(REPO_ROOT / script), run_name="__main__")
-        out = capsys.readouterr().out
-        assert stop.value.code == 0, out
-        return out
+        proc = run_in_process(script, "--help")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
 
     return help_text
 

@@ -18,6 +18,18 @@ def one_line_error(proc, *needles):
 
 
 @contextmanager
+def kept_fp32_precision():
+    """Put torch's float32 precision flags (TF32 or IEEE) back as they were: `resolve_device` sets them."""
+    flags = torch.backends, torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul
+    saved = [f.fp32_precision for f in flags]
+    try:
+        yield
+    finally:
+        for f, value in zip(flags, saved, strict=True):
+            f.fp32_precision = value
+
+
+@contextmanager
 def single_thread():
     """One torch thread, as every LOO retrain runs: CPU kernels give other last bits with other thread counts."""
     threads = torch.get_num_threads()

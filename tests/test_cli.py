@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import kept_fp32_precision
 
 from bayestda.cli import ALLOW_TF32_ENV, resolve_device
 from bayestda.paths import REPO_ROOT
@@ -9,11 +10,8 @@ from bayestda.paths import REPO_ROOT
 
 @pytest.fixture
 def restore_precision():
-    flags = torch.backends, torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul
-    saved = [f.fp32_precision for f in flags]
-    yield
-    for f, value in zip(flags, saved, strict=True):
-        f.fp32_precision = value
+    with kept_fp32_precision():
+        yield
 
 
 def test_resolve_device_turns_tf32_off_unless_asked(monkeypatch, restore_precision):

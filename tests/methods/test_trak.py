@@ -99,9 +99,8 @@ def test_projection_is_seeded_and_independent_of_chunks(tiny):
     assert set(r.unique().tolist()) == {-0.25, 0.25}  # ±1/√k
     for dtype in (torch.float32, torch.float64):  # where 1/√k is not a power of 2 too: ±1 times 1/√k, rounded once
         block = Projection("rademacher", 2048, 0).block("w", 0, 4, dtype, "cpu")
-        assert torch.equal(block, block.sign() * 2048**-0.5) and (block > 0).float().mean().item() == pytest.approx(
-            0.5, abs=0.05
-        )
+        assert torch.equal(block, block.sign() * 2048**-0.5)
+        assert (block > 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
     g = dense_projection(Projection("gaussian", 512, 0), fm)
     assert g.var().item() == pytest.approx(1 / 512, rel=0.05)
     a = trak_scores(fm, train, test, Projection("gaussian", 32, 1), chunk=2)
