@@ -75,6 +75,14 @@ def parser(doc: str) -> Parser:
         help="local, on CPU: tasks at once, sharing the cores; default min(cores, 8)",
     )
     r.add_argument(
+        "--threads",
+        type=at_least(1),
+        default=None,
+        help="torch threads per task (OMP_NUM_THREADS); default: the cores shared out over the jobs (over the GPUs "
+        "with GPUs, over --jobs with ray). Set it when other processes share the machine; the last bits of float "
+        "sums depend on it",
+    )
+    r.add_argument(
         "--cold_start",
         action="store_true",
         help="local: start each task as a fresh `python script.py`; by default tasks are forked from a process "
@@ -170,10 +178,10 @@ def main(doc: str) -> None:
 
     cores = available_cores()
     if args.backend == "ray":
-        executor = RayExecutor(args.ray_address, threads=max(1, cores // (args.jobs or cores)))
+        executor = RayExecutor(args.ray_address, threads=args.threads or max(1, cores // (args.jobs or cores)))
     else:
         gpus = _gpus(args.gpus)
-        executor = LocalExecutor(gpus, args.jobs or min(cores, 8), cores, cold=args.cold_start)
+        executor = LocalExecutor(gpus, args.jobs or min(cores, 8), cores, cold=args.cold_start, threads=args.threads)
     print(f"{spec.name}: {len(todo)} task(s) to run, {len(tasks) - len(todo)} already done; {executor.describe()}")
     print(f"logs: {log_dir}/<task>.log")
     try:

@@ -146,11 +146,13 @@ def run_with_retry(argv: list[str], env: dict[str, str], log: str, retries: int 
 class LocalExecutor:
     """A pool of slots on this machine. With GPUs each slot owns one GPU; without, `jobs` CPU slots.
 
-    The CPU cores are shared out evenly, so `jobs` single-threaded tasks never oversubscribe the machine.
+    The CPU cores are shared out evenly (unless `threads` is given), so `jobs` tasks never oversubscribe the machine.
     Tasks start warm (forked from a process that has imported torch) unless `cold` or the platform lacks fork.
     """
 
-    def __init__(self, gpus: list[str], jobs: int, cores: int | None = None, cold: bool = False):
+    def __init__(
+        self, gpus: list[str], jobs: int, cores: int | None = None, cold: bool = False, threads: int | None = None
+    ):
         cores = cores or available_cores()
         self.warm = not cold and warm_available()
         if self.warm:
@@ -158,7 +160,7 @@ class LocalExecutor:
             self.stamp = code_stamp()
         self.gpus = gpus
         n_slots = len(gpus) if gpus else jobs
-        self.threads = max(1, cores // n_slots)
+        self.threads = threads or max(1, cores // n_slots)
         self.free = list(range(n_slots))
         self.slot_of: dict[Future, int] = {}
         self.pool = ThreadPoolExecutor(n_slots, thread_name_prefix="task")

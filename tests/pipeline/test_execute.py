@@ -121,6 +121,9 @@ def test_slots_pin_gpus_and_share_cores():
     cpu = LocalExecutor([], jobs=3, cores=2)
     assert cpu.threads == 1 and len(cpu.free) == 3
     cpu.close()
+    capped = LocalExecutor([], jobs=1, cores=16, threads=2)  # --threads: other processes share the machine
+    assert capped.threads == 2 and len(capped.free) == 1
+    capped.close()
     env = placement_env(4, "5")
     assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["OMP_NUM_THREADS"] == "4"
     assert placement_env(1, None)["CUDA_VISIBLE_DEVICES"] == ""  # CPU tasks see no GPU

@@ -52,9 +52,10 @@ def experiment(out: Path, data_root: Path, *extra: str) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def by_runner(tmp_path_factory, data_root) -> Path:
     out = tmp_path_factory.mktemp("runner")
-    proc = experiment(out, data_root, "--jobs", "2", "--gpus", "none")
+    proc = experiment(out, data_root, "--jobs", "2", "--threads", THREADS, "--gpus", "none")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "8 task(s) finished" in proc.stdout and "0 failed" in proc.stdout
+    assert f"{THREADS} thread(s) per task" in proc.stdout
     _assert_results_summary(proc.stdout, out)
     return out
 
@@ -183,6 +184,7 @@ def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
         (["--model_name_or_path", "/x"], "are for --model vit"),
         (["--gpus", "a,b"], "give GPU ids"),
         (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
         (["--num_per_class", "-3"], "--num_per_class must be at least 1, got -3"),
         (["--retries", "-1"], "--retries must be at least 0, got -1"),
         (["--backend", "slurm", "--slurm_cpus", "0"], "--slurm_cpus must be at least 1, got 0"),
