@@ -221,7 +221,10 @@ def write_distributional(exp: Experiment, base: np.ndarray, k: int, asked: list[
     atomic_write_json(summary, out / "summary.json")
     for measure in asked:  # one panel per method that has the measure (a similarity: Δmean only)
         if preds := {m: p[measure] for m, p in predictions.items() if measure in p}:
-            plots.predicted_vs_true(truth[measure], preds, measure, out / "figures" / f"predicted_vs_true_{measure}")
+            table = scores[scores["measure"] == measure].set_index("method")
+            plots.predicted_vs_true(
+                truth[measure], preds, measure, table, out / "figures" / f"predicted_vs_true_{measure}"
+            )
     plots.fixed_seed_by_epoch(by_epoch, out / "figures" / "fixed_seed_spearman_by_epoch")
     atomic_write_json({"inputs": inputs}, out / "manifest.json")
     return out

@@ -1,4 +1,4 @@
-"""Figures of steps 3 and 4, each saved as PNG and PDF."""
+"""Figures of the analysis steps (3 and 4; 5, distributional; 6, LDS; 7, mislabel detection), each saved as PNG and PDF."""
 
 from __future__ import annotations
 
@@ -86,18 +86,30 @@ def correlation_heatmap(table: pd.DataFrame, title: str, stem: Path) -> list[Pat
     return save(fig, stem)
 
 
-def predicted_vs_true(true: np.ndarray, predicted: dict[str, np.ndarray], measure: str, stem: Path) -> list[Path]:
+def predicted_vs_true(
+    true: np.ndarray, predicted: dict[str, np.ndarray], measure: str, scores: pd.DataFrame, stem: Path
+) -> list[Path]:
     """Distributional TDA: one panel per method, a method's predicted measure against the retrained truth over all
-    pairs (log-density hexbins), with the line y = x."""
-    fig, axes = plt.subplots(1, len(predicted), figsize=(3.4 * len(predicted), 3.2), squeeze=False)
+    pairs (log-density hexbins), titled with its Spearman. `scores` holds, per method, `spearman` and `loss units`.
+    A method in loss units gets the line y = x; a similarity (its aligned μ, a ranking only) gets its own y scale
+    and no line, since no value of it is a loss."""
+    ncols = min(5, len(predicted))
+    nrows = -(-len(predicted) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.2 * nrows), squeeze=False)
     t = true.ravel()
-    for ax, (method, values) in zip(axes[0], predicted.items(), strict=True):
+    for ax, (method, values) in zip(axes.flat, predicted.items(), strict=False):  # the grid may have spare panels
         p = values.ravel()
         ax.hexbin(t, p, gridsize=40, bins="log", mincnt=1, cmap="viridis")
-        ends = [min(t.min(), p.min()), max(t.max(), p.max())]
-        ax.plot(ends, ends, "k--", lw=1)
-        ax.set(title=label(method), xlabel=f"true {measure}")
-    axes[0][0].set_ylabel(f"predicted {measure}")
+        row = scores.loc[method]
+        if row["loss units"]:
+            ends = [min(t.min(), p.min()), max(t.max(), p.max())]
+            ax.plot(ends, ends, "k--", lw=1)
+            ylabel = f"predicted {measure}"
+        else:
+            ylabel = "aligned μ (not in loss units)"
+        ax.set(title=f"{label(method)}: ρ = {row['spearman']:.2f}", xlabel=f"true {measure}", ylabel=ylabel)
+    for ax in axes.flat[len(predicted) :]:
+        ax.set_axis_off()
     fig.tight_layout()
     return save(fig, stem)
 

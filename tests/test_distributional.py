@@ -136,3 +136,21 @@ def test_the_step_writes_its_results_and_skips_them_when_up_to_date(synthetic):
     assert dist.write_distributional(exp, base, 5, list(dist.MEASURES)) is None
     assert dist.write_distributional(exp, base + 1, 5, list(dist.MEASURES)) is not None  # other base losses: redo
     assert "Spearman of predicted with true" in dist.console_summary(out)
+
+
+def test_the_figure_has_a_panel_per_method_and_the_diagonal_only_in_loss_units(synthetic, monkeypatch):
+    exp, base = synthetic
+    methods = ["ud", "if-ggn", "gd", "tracin-cp", "loo-paired", "gc"]
+    exp.stacked = {**exp.stacked, "loo-paired": exp.stacked["loo-scratch"], "gc": exp.stacked["gd"]}
+    exp.signs = {**exp.signs, "loo-paired": exp.signs["loo-scratch"], "gc": exp.signs["gd"]}
+    truth = dist.ground_truth(exp, base, 5)
+    preds = {m: dist.predicted_measures(exp, base, m, 5)["dmean"] for m in methods}
+    table = dist.prediction_scores(exp, truth, {m: {"dmean": p} for m, p in preds.items()}, ["dmean"])
+    figures = []
+    monkeypatch.setattr(dist.plots, "save", lambda fig, stem: figures.append(fig))
+    dist.plots.predicted_vs_true(truth["dmean"], preds, "dmean", table.set_index("method"), Path("unused"))
+    axes = figures[0].axes
+    assert len(axes) == 10 and sum(ax.axison for ax in axes) == len(methods)  # 2 rows of 5, 4 spare panels off
+    for ax, method, row in zip(axes, methods, table.itertuples(), strict=False):
+        assert ax.get_title().endswith(f"ρ = {row.spearman:.2f}") and row.method == method
+        assert len(ax.lines) == (1 if method in ("ud", "if-ggn", "loo-paired") else 0), method
