@@ -78,9 +78,9 @@ def parser(doc: str) -> Parser:
         "--threads",
         type=at_least(1),
         default=None,
-        help="torch threads per task (OMP_NUM_THREADS); default: the cores shared out over the jobs (over the GPUs "
-        "with GPUs, over --jobs with ray). Set it when other processes share the machine; the last bits of float "
-        "sums depend on it",
+        help="local and ray: torch threads per task (OMP_NUM_THREADS); default: the cores shared out over the jobs "
+        "(over the GPUs with GPUs, over --jobs with ray). Set it when other processes share the machine; the last "
+        "bits of float sums depend on it. Slurm elements use --slurm_cpus",
     )
     r.add_argument(
         "--cold_start",
@@ -153,6 +153,8 @@ def spec_from_args(p: Parser, args) -> ExperimentSpec:
 def main(doc: str) -> None:
     p = parser(doc)
     args = p.parse_args()
+    if args.threads and args.backend == "slurm":
+        p.error("--threads is for the local and ray backends; a Slurm element's threads are its --slurm_cpus")
     spec = spec_from_args(p, args)
     tasks = build_graph(spec)
     todo = pending(tasks)

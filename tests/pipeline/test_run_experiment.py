@@ -185,6 +185,7 @@ def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
         (["--gpus", "a,b"], "give GPU ids"),
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--backend", "slurm", "--threads", "2"], "--threads is for the local and ray backends"),
         (["--num_per_class", "-3"], "--num_per_class must be at least 1, got -3"),
         (["--retries", "-1"], "--retries must be at least 0, got -1"),
         (["--backend", "slurm", "--slurm_cpus", "0"], "--slurm_cpus must be at least 1, got 0"),
