@@ -100,6 +100,15 @@ def run_in_process(script: str | Path, *args: str, env: dict | None = None) -> s
     return subprocess.CompletedProcess([sys.executable, str(path), *args], code, out.getvalue(), err.getvalue())
 
 
+@pytest.fixture(autouse=True)
+def no_remembered_flags():
+    """Every test starts as a fresh command line would: location flags that a parser remembered for suggested
+    commands (`hints.remember`) in an earlier test of this worker must not show up in this one's messages."""
+    hints.forget()
+    yield
+    hints.forget()
+
+
 @pytest.fixture(scope="session")
 def run_script(data_root):
     """Run a top-level script with the real datasets: in this interpreter by default (`run_in_process`), or,
