@@ -1,4 +1,4 @@
-"""Figures of the analysis steps (3 and 4; 5, distributional; 6, LDS; 7, mislabel detection), each saved as PNG and PDF."""
+"""Figures of the analysis steps (3–4; 5, distributional; 6, LDS; 7, mislabel detection), saved as PNG and PDF."""
 
 from __future__ import annotations
 

@@ -146,7 +146,8 @@ def run_with_retry(argv: list[str], env: dict[str, str], log: str, retries: int 
 class LocalExecutor:
     """A pool of slots on this machine. With GPUs each slot owns one GPU; without, `jobs` CPU slots.
 
-    The CPU cores are shared out evenly (unless `threads` is given), so `jobs` tasks never oversubscribe the machine.
+    The CPU cores are shared out evenly, so `jobs` tasks never oversubscribe the machine; `threads` replaces that
+    share when other work runs on the machine too.
     Tasks start warm (forked from a process that has imported torch) unless `cold` or the platform lacks fork.
     """
 
