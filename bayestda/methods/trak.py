@@ -48,6 +48,16 @@ def _sign_table(dtype, scale: float) -> torch.Tensor:
     return (((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(dtype) * 2 - 1).mul_(scale)
 
 
+def _buffer(scratch: dict | None, key: str, numel: int, dtype) -> torch.Tensor:
+    """A 1-D tensor of `numel` elements: a view of the reused buffer `scratch[key]`, or a new one without scratch."""
+    if scratch is None:
+        return torch.empty(numel, dtype=dtype)
+    buffer = scratch.get(key)
+    if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
+        buffer = scratch[key] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel]
+
+
 @dataclass(frozen=True)
 class Projection:
     """The seeded random matrix R [P, k], one block of rows at a time, in the model's flat parameter order."""
@@ -56,21 +66,30 @@ class Projection:
     dim: int
     seed: int
 
-    def block(self, name: str, index: int, rows: int, dtype, device) -> torch.Tensor:
-        """Rows [index·rows_per_block, ...) of the parameter `name`'s part of R, [rows, k], variance 1/k."""
+    def block(self, name: str, index: int, rows: int, dtype, device, scratch: dict | None = None) -> torch.Tensor:
+        """Rows [index·rows_per_block, ...) of the parameter `name`'s part of R, [rows, k], variance 1/k.
+
+        With `scratch` (a dict kept across calls) the block is written into reused buffers and is valid only
+        until the next call: a fresh tensor per block costs more in page faults than filling it."""
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(name.encode()) * 65_537 + index) % 2**63)
-        scale = self.dim**-0.5
+        scale, n = self.dim**-0.5, rows * self.dim
         if self.kind == "rademacher":  # 64 signs per random word, unpacked a byte at a time through a scaled table
-            words = torch.randint(-(2**63), 2**63 - 1, (-(-rows * self.dim // 64),), generator=g, dtype=torch.int64)
-            signs = torch.index_select(_sign_table(dtype, scale), 0, words.view(torch.uint8).int())
-            r = signs.view(-1)[: rows * self.dim].view(rows, self.dim)
+            n_words = -(-n // 64)
+            words = torch.randint(-(2**63), 2**63 - 1, (n_words,), generator=g, dtype=torch.int64,
+                                  out=_buffer(scratch, "words", n_words, torch.int64))  # fmt: skip
+            index_bytes = _buffer(scratch, "bytes", 8 * n_words, torch.int32).copy_(words.view(torch.uint8))
+            signs = torch.index_select(_sign_table(dtype, scale), 0, index_bytes,
+                                       out=_buffer(scratch, "signs", 64 * n_words, dtype).view(-1, 8))  # fmt: skip
+            r = signs.view(-1)[:n].view(rows, self.dim)
         else:
-            r = torch.randn(rows, self.dim, generator=g, dtype=torch.float32).to(dtype).mul_(scale)
+            r = torch.randn(rows, self.dim, generator=g, dtype=torch.float32,
+                            out=_buffer(scratch, "normal", n, torch.float32).view(rows, self.dim))  # fmt: skip
+            r = r.to(dtype).mul_(scale)
         return r.to(device)
 
     def blocks(self, featurizer: GradFeaturizer, feats: GradFeatures | None = None):
         """(flat parameter slice, R block, that block of the per-sample gradients in `feats` or None) for every
-        block of R, in flat parameter order."""
+        block of R, in flat parameter order. Each R block lives in a reused buffer: use it before the next one."""
         fm = featurizer.fm
         first_param = next(iter(fm.params.values()))
         factored = {  # parameter -> (factored layer, part, whether a ends with the bias's constant 1)
@@ -82,7 +101,7 @@ class Projection:
         for name in featurizer.dense_names:
             dense_offsets[name] = offset
             offset += fm.params[name].numel()
-        start = 0
+        start, scratch = 0, {}
         for name, p in fm.params.items():
             width = p[0].numel() if p.dim() > 1 else 1  # parameters per output row
             per_block = max(1, BLOCK // width)
@@ -99,7 +118,8 @@ class Projection:
                     else:
                         first = dense_offsets[name] + lo * width
                         grads = feats.dense[:, first : first + (hi - lo) * width]
-                yield cols, self.block(name, b, (hi - lo) * width, first_param.dtype, first_param.device), grads
+                r = self.block(name, b, (hi - lo) * width, first_param.dtype, first_param.device, scratch)
+                yield cols, r, grads
             start += p.numel()
 
     def project(self, featurizer: GradFeaturizer, feats: GradFeatures) -> torch.Tensor:

@@ -20,7 +20,7 @@ def dense_projection(projection: Projection, fm: FunctionalModel, example=None) 
     """R [P, k] assembled from its blocks, in flat parameter order."""
     example = torch.zeros(1, 1, 6, 6, dtype=next(iter(fm.params.values())).dtype) if example is None else example
     featurizer = GradFeaturizer(fm, example)
-    rows = [(cols.start, r) for cols, r, _ in projection.blocks(featurizer)]
+    rows = [(cols.start, r.clone()) for cols, r, _ in projection.blocks(featurizer)]  # blocks reuse one buffer
     featurizer.close()
     return torch.cat([r for _, r in sorted(rows, key=lambda t: t[0])])
 
@@ -88,6 +88,18 @@ def test_projected_scores_equal_the_dense_closed_form(tiny, kind, k, damping):
     r = dense_projection(projection, fm)
     assert r.shape == (sum(p.numel() for p in model.parameters()), k)
     torch.testing.assert_close(got, closed_form(g_train, g_test, q, damping, r), rtol=1e-6, atol=1e-9)
+
+
+def test_blocks_in_reused_buffers_equal_fresh_ones():
+    """Scratch buffers that grow and shrink between blocks change no bit of any block."""
+    for kind in ("rademacher", "gaussian"):
+        for dim in (2048, 100, 7):
+            scratch, projection = {}, Projection(kind, dim, 3)
+            for rows in (8192 // dim + 3, 5, 1, 300):
+                for dtype in (torch.float32, torch.float64):
+                    got = projection.block("x.weight", 2, rows, dtype, "cpu", scratch).clone()
+                    assert torch.equal(got, projection.block("x.weight", 2, rows, dtype, "cpu")), (kind, dim, rows)
+                    assert torch.equal(got, projection.block("x.weight", 2, rows, dtype, "cpu", scratch))
 
 
 def test_projection_is_seeded_and_independent_of_chunks(tiny):
