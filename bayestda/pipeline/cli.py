@@ -18,7 +18,7 @@ from ..subset_retrains import SCRIPT as LDS_SCRIPT
 from ..subset_retrains import SubsetRetrainOptions
 from . import slurm
 from .execute import LocalExecutor, RayExecutor, execute, write_report
-from .graph import DEFAULT_METHODS, LDS, ExperimentSpec, build_graph, pending, resolve_methods
+from .graph import DEFAULT_METHODS, LDS, ExperimentSpec, build_graph, kept_methods, pending, resolve_methods
 
 
 def parser(doc: str) -> Parser:
@@ -159,6 +159,8 @@ def main(doc: str) -> None:
     tasks = build_graph(spec)
     todo = pending(tasks)
     log_dir = (spec.out_root / "logs" / spec.name).resolve()
+    if spec.methods and (kept := kept_methods(spec)):
+        print(f"{spec.name}: steps 3–4 also keep {','.join(kept)}, already in its results (--overwrite to drop them)")
 
     if args.dry_run:
         print(f"{spec.name}: {len(todo)} task(s) to run, {len(tasks) - len(todo)} already done")

@@ -102,17 +102,40 @@ def resolve_methods(names: list[str], variants: dict[str, str] | None = None) ->
     return tuple(out)
 
 
-def _analysis_done(manifest: Path, spec: ExperimentSpec, inputs: list[Path]) -> bool:
+def _recorded_inputs(manifest: Path) -> dict:
+    return json.loads(manifest.read_text()).get("inputs", {}) if manifest.is_file() else {}
+
+
+def _analysis_done(manifest: Path, spec: ExperimentSpec, methods: list[str], inputs: list[Path]) -> bool:
     """The step's manifest names these methods and seeds and is newer than every score file it read."""
     if not manifest.is_file() or not all(p.is_file() for p in inputs):
         return False
-    recorded = json.loads(manifest.read_text()).get("inputs", {})
+    recorded = _recorded_inputs(manifest)
     newest_input = max(p.stat().st_mtime for p in inputs)
     return (
-        recorded.get("methods") == list(spec.methods)
+        recorded.get("methods") == methods
         and recorded.get("seeds") == spec.seeds
         and manifest.stat().st_mtime >= newest_input
     )
+
+
+def kept_methods(spec: ExperimentSpec) -> list[str]:
+    """Methods that the experiment's step-3 results already hold on these seeds, beyond `spec.methods`, with every
+    score file still there. Steps 3–4 refuse to drop a method from their results, so a runner that adds methods
+    to a finished experiment passes these too (in the order recorded), instead of failing there. None with
+    --overwrite, which replaces the results."""
+    if spec.overwrite:
+        return []
+    recorded = _recorded_inputs(
+        results_dir(spec.out_root, spec.model, spec.task, spec.num_per_class) / PVALUES_MANIFEST
+    )
+    if recorded.get("seeds") != spec.seeds:
+        return []
+    return [
+        m for m in recorded.get("methods", [])
+        if m not in spec.methods and m in registry.score_names()
+        and all(score_file(spec.out_root, spec.model, m, spec.task, spec.num_per_class, s).is_file() for s in spec.seeds)
+    ]  # fmt: skip
 
 
 def build_graph(spec: ExperimentSpec) -> list[Task]:
@@ -177,8 +200,11 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
         return tasks
 
     method_tasks = [t.name for t in tasks if t.stage in spec.methods]
+    kept = kept_methods(spec)
+    analysed = [*kept, *spec.methods]
+    score_files += [score_file(out, spec.model, m, spec.task, n, s) for m in kept for s in spec.seeds]
     stats = ["--model", spec.model, *task_argv(spec.task), "--num_per_class", str(n),
-             "--methods", ",".join(spec.methods)]  # fmt: skip
+             "--methods", ",".join(analysed)]  # fmt: skip
     if list(spec.seed_ids) != list(range(len(seeds))):
         stats += ["--seed_ids", *map(str, spec.seed_ids)]
     res = results_dir(out, spec.model, spec.task, n)
@@ -191,7 +217,7 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
             [*method_tasks, "pvalues"],
         ),  # step 4 reads step 3's
     ):
-        done = not spec.overwrite and _analysis_done(res / manifest, spec, score_files)
+        done = not spec.overwrite and _analysis_done(res / manifest, spec, analysed, score_files)
         tasks.append(Task(stage, stage, [script, *stats, *common, *overwrite], deps, done))
     return tasks
 

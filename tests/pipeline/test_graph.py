@@ -9,7 +9,7 @@ import pytest
 
 from bayestda.errors import UserError
 from bayestda.paths import checkpoint_file, metrics_file, results_dir, score_file, seed_model_dir
-from bayestda.pipeline.graph import ExperimentSpec, build_graph, pending, resolve_methods
+from bayestda.pipeline.graph import ExperimentSpec, build_graph, kept_methods, pending, resolve_methods
 
 METHODS = ("loo-paper", "ats", "if-paper", "gd", "gc")
 
@@ -93,6 +93,32 @@ def test_statistics_are_done_only_for_the_same_methods_seeds_and_newer_scores(tm
     newer.unlink()
     os.utime(pv, (pv.stat().st_mtime + 20, pv.stat().st_mtime + 20))
     assert names(pending(build_graph(s))) == {"gc_seed1", "pvalues", "correlations"}
+
+
+def test_a_runner_that_adds_methods_keeps_those_already_in_the_statistics(tmp_path):
+    """Steps 3–4 refuse to drop a method from their results, so the runner passes the ones they hold (with
+    every score file still there, on the same seeds) before its own; not with --overwrite."""
+    for k in (0, 1):
+        fake_trained(tmp_path, k)
+        for m in ("gd", "gc", "ats"):
+            fake_scores(tmp_path, m, k)
+    write_manifest(tmp_path, "pvalues_manifest.json", ("gd", "gc", "if-paper"), [0, 1])  # if-paper: no score files
+    s = spec(tmp_path, seed_ids=(0, 1), methods=("ats",))
+    assert kept_methods(s) == ["gd", "gc"]
+    by_name = {t.name: t for t in build_graph(s)}
+    for stage in ("pvalues", "correlations"):
+        argv = by_name[stage].argv
+        assert argv[argv.index("--methods") + 1] == "gd,gc,ats"
+    assert names(pending(build_graph(s))) == {"pvalues", "correlations"}
+    pv = write_manifest(tmp_path, "pvalues_manifest.json", ("gd", "gc", "ats"), [0, 1])
+    write_manifest(tmp_path, "correlations_manifest.json", ("gd", "gc", "ats"), [0, 1])
+    assert names(pending(build_graph(s))) == set()  # done, with the kept methods' score files older than it
+    os.utime(score_file(tmp_path, "cnn", "gd", "mnist3", 10, 0), (pv.stat().st_mtime + 10,) * 2)
+    assert names(pending(build_graph(s))) == {"pvalues", "correlations"}  # a kept method's newer scores count
+
+    assert kept_methods(spec(tmp_path, seed_ids=(0,), methods=("ats",))) == []  # other seeds: step 3 decides
+    assert kept_methods(spec(tmp_path, seed_ids=(0, 1), methods=("ats",), overwrite=True)) == []
+    assert kept_methods(spec(tmp_path, seed_ids=(0, 1), methods=("gd", "gc", "ats"))) == []
 
 
 def test_overwrite_lists_everything_but_the_committed_subsets(tmp_path):
