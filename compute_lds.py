@@ -14,7 +14,8 @@ Examples:
 from bayestda.analysis import check_num_ckpts
 from bayestda.cli import at_least, run
 from bayestda.errors import UserError
-from bayestda.lds import console_summary, methods_with_scores, write_lds
+from bayestda.lds import console_summary, write_lds
+from bayestda.methods.registry import methods_with_scores
 from bayestda.paths import read_seeds, resolve_out_root
 from bayestda.statistics import parse_experiment_name
 from bayestda.stats_cli import experiment_from_args, parser, print_step_results

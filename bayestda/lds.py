@@ -37,8 +37,6 @@ from scipy import stats
 from . import plots
 from .analysis import open_results, step_inputs
 from .io import atomic_write_csv, atomic_write_json
-from .methods.registry import score_names
-from .paths import score_file
 from .statistics import Experiment, average_last_checkpoints
 from .subset_retrains import SubsetRetrains
 
@@ -173,11 +171,6 @@ def lds_table(frame: pd.DataFrame, methods: list[str], n_resamples: int = 1000, 
                          "share_of_ceiling": s, "share_low": s_lo, "share_high": s_hi,
                          "test_points": len(usable), "left_out": len(frame) - len(usable)})  # fmt: skip
     return pd.DataFrame(rows), pd.DataFrame(ceiling_rows)
-
-
-def methods_with_scores(out_root, model: str, task: str, n: int, seeds: list[int]) -> list[str]:
-    """Every registered method with a score file for each of the seeds, in registry order."""
-    return [m for m in score_names() if all(score_file(out_root, model, m, task, n, s).is_file() for s in seeds)]
 
 
 # ----------------------------------------------------------------------------- the step

@@ -33,6 +33,7 @@ from .. import families, hints
 from ..data import task_argv
 from ..errors import UserError
 from ..options import check, option
+from ..paths import score_file
 from ..plugins import Registry
 
 PAPER_METHODS = ("loo-paper", "ats", "if-paper", "gd", "gc")  # the paper's five, in its order: steps 3–4's default
@@ -151,6 +152,11 @@ def all_methods() -> dict[str, Method]:
 def score_names() -> list[str]:
     """Every score-file name of every registered method."""
     return [n for m in all_methods().values() for n in m.score_names()]
+
+
+def methods_with_scores(out_root, model: str, task: str, n: int, seeds: list[int]) -> list[str]:
+    """Every registered method with a score file for each of the seeds, in registry order."""
+    return [m for m in score_names() if all(score_file(out_root, model, m, task, n, s).is_file() for s in seeds)]
 
 
 def get(name: str) -> Method:

@@ -131,11 +131,8 @@ def kept_methods(spec: ExperimentSpec) -> list[str]:
     )
     if recorded.get("seeds") != spec.seeds:
         return []
-    return [
-        m for m in recorded.get("methods", [])
-        if m not in spec.methods and m in registry.score_names()
-        and all(score_file(spec.out_root, spec.model, m, spec.task, spec.num_per_class, s).is_file() for s in spec.seeds)
-    ]  # fmt: skip
+    complete = registry.methods_with_scores(spec.out_root, spec.model, spec.task, spec.num_per_class, spec.seeds)
+    return [m for m in recorded.get("methods", []) if m not in spec.methods and m in complete]
 
 
 def build_graph(spec: ExperimentSpec) -> list[Task]:
