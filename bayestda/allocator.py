@@ -10,7 +10,10 @@ and keeps up to 32 MiB of free memory at the top of the heap instead of trimming
 step. Blocks above 32 MiB are still mmapped and returned, so the large buffers of IF and GD are unaffected, and
 peak memory stays what it was with the defaults (the ≤ 4 GiB budget of CIFAR10-50pc is tight: keeping 256 MiB
 everywhere raised IF-ggn's and IF-cg's peaks by ≈ 0.08 GiB). `keep_freed(nbytes)` keeps more inside one block of
-code that churns more per step: LiSSA's HVPs free ≈ 0.2 GB of small blocks per step.
+code that churns more per step: LiSSA's HVPs free ≈ 0.2 GB of small blocks per step. `reuse_large_blocks(nbytes)`
+goes further inside a loop that frees and reallocates the same large buffers many times (TracIn's Grad-Dot at every
+epoch of a run): it serves blocks of every size from the heap and keeps them when freed, so only the loop's first
+pass faults its pages in. Its peak memory is the loop's own high-water mark plus whatever the heap fragments.
 
 Only where memory lies changes, not what is computed: results are bit-identical. Every step script applies it
 (`cli.run`), as do LOO's worker processes. `$BAYESTDA_MALLOC_DEFAULTS=1` keeps glibc's defaults, for comparison
@@ -29,6 +32,8 @@ DEFAULTS_ENV = "BAYESTDA_MALLOC_DEFAULTS"
 # mallopt parameters, from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
+DEFAULT_MMAP_MAX = 65536  # glibc's default number of mmapped blocks
 MMAP_THRESHOLD = 32 * 2**20  # the largest value glibc accepts on 64-bit systems
 # Free memory kept at the heap's top. Larger values cost peak memory at CIFAR10-50pc (module docstring).
 TRIM_THRESHOLD = 32 * 2**20
@@ -58,6 +63,24 @@ def keep_freed(nbytes: int):
         yield
     finally:
         glibc().mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
+@contextmanager
+def reuse_large_blocks(nbytes: int):
+    """Within the block, allocate every block from the heap (no mmap) and keep up to `nbytes` of free memory; on
+    leaving, large blocks are mmapped again and the excess is trimmed at the next free. A no-op where the settings
+    are off (`retain_freed_memory`)."""
+    if not retain_freed_memory():
+        yield
+        return
+    libc = glibc()
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, max(nbytes, TRIM_THRESHOLD))
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
 @cache

@@ -115,3 +115,39 @@ def test_keep_freed_keeps_more_inside_its_block_only():
     # the first churn after the block reuses what was kept, then frees it past the default threshold: trimmed,
     # so the second faults the pages in again
     assert faults["outside"][1] > pages // 2, faults
+
+
+# Blocks of 48 MiB, above the 32 MiB mmap threshold: by default each is mmapped on allocation and unmapped on free.
+LARGE_CHURN = """
+import ctypes, json, resource
+from bayestda.allocator import glibc, reuse_large_blocks, retain_freed_memory
+retain_freed_memory()
+libc = glibc()
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 48 * 2**20
+def churn():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [libc.malloc(SIZE) for _ in range(3)]
+    for b in blocks:
+        ctypes.memset(b, 1, SIZE)
+    for b in reversed(blocks):
+        libc.free(b)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+before = churn()
+with reuse_large_blocks(2**30):
+    churn()
+    inside = churn()
+outside = [churn(), churn()]
+print(json.dumps({"before": before, "inside": inside, "outside": outside}))
+"""
+
+
+@glibc
+def test_reuse_large_blocks_keeps_blocks_above_the_mmap_threshold_inside_its_block_only():
+    out = subprocess.run([sys.executable, "-c", LARGE_CHURN], capture_output=True, text=True, check=True)
+    faults = json.loads(out.stdout.strip().splitlines()[-1])
+    pages = 3 * 48 * 2**20 // 4096  # 36,864 pages of 4 KiB: a churn of fresh memory
+    assert faults["before"] > pages // 2, faults  # mmapped, returned, mmapped again
+    assert faults["inside"] < pages // 20, faults  # served from the heap and kept
+    assert faults["outside"][1] > pages // 2, faults  # mmapped again after the block
