@@ -116,10 +116,18 @@ def predicted_vs_true(
 
 def fixed_seed_by_epoch(by_epoch: pd.DataFrame, stem: Path) -> list[Path]:
     """Per method, the Spearman correlation with LOO-scratch on the same seed against the checkpoint epoch (mean
-    over seeds, ± sd)."""
+    over seeds, ± sd). A method with one τ per seed (TracIn: the whole run) is a diamond just right of the last
+    epoch, each beside the other, so that none hides behind the lines' last points."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for method, rows in by_epoch.groupby("method", sort=False):
-        ax.errorbar(rows["epoch"], rows["mean spearman"], yerr=rows["sd"], marker="o", capsize=2, label=label(method))
+    groups = list(by_epoch.groupby("method", sort=False))
+    whole_run = [m for m, rows in groups if len(rows) == 1 and by_epoch["epoch"].nunique() > 1]
+    for method, rows in groups:
+        if method in whole_run:
+            x = rows["epoch"] + 0.12 * (whole_run.index(method) + 1)
+            style = {"marker": "D", "linestyle": "none", "label": f"{label(method)}, whole run"}
+        else:
+            x, style = rows["epoch"], {"marker": "o", "label": label(method)}
+        ax.errorbar(x, rows["mean spearman"], yerr=rows["sd"], capsize=2, **style)
     ax.set(xlabel="checkpoint epoch", ylabel="Spearman with LOO-scratch, same seed",
            xticks=sorted(by_epoch["epoch"].unique()))  # fmt: skip
     ax.axhline(0, color="k", lw=0.5)

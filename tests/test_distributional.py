@@ -154,3 +154,18 @@ def test_the_figure_has_a_panel_per_method_and_the_diagonal_only_in_loss_units(s
     for ax, method, row in zip(axes, methods, table.itertuples(), strict=False):
         assert ax.get_title().endswith(f"ρ = {row.spearman:.2f}") and row.method == method
         assert len(ax.lines) == (1 if method in ("ud", "if-ggn", "loo-paired") else 0), method
+
+
+def test_whole_run_methods_sit_beside_the_last_epoch_in_the_fixed_seed_figure(synthetic, monkeypatch):
+    exp, _ = synthetic
+    by_epoch, _ = dist.fixed_seed_view(exp, ["if-ggn", "gd", "tracin-cp"], k=5)
+    figures = []
+    monkeypatch.setattr(dist.plots, "save", lambda fig, stem: figures.append(fig))
+    dist.plots.fixed_seed_by_epoch(by_epoch, Path("unused"))
+    ax = figures[0].axes[0]
+    points = {c.get_label(): c.lines[0] for c in ax.containers}  # each errorbar's data line
+    last = max(exp.epochs)
+    assert list(points["IF (ggn)"].get_xdata()) == list(exp.epochs) and points["IF (ggn)"].get_marker() == "o"
+    whole = points["TracIn (cp), whole run"]
+    assert whole.get_marker() == "D" and whole.get_linestyle() == "None"
+    assert last < whole.get_xdata()[0] < last + 0.5  # right of the last epoch's points, not on them
