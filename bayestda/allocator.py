@@ -70,17 +70,15 @@ def reuse_large_blocks(nbytes: int):
     """Within the block, allocate every block from the heap (no mmap) and keep up to `nbytes` of free memory; on
     leaving, large blocks are mmapped again and the excess is trimmed at the next free. A no-op where the settings
     are off (`retain_freed_memory`)."""
-    if not retain_freed_memory():
-        yield
-        return
-    libc = glibc()
-    libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, max(nbytes, TRIM_THRESHOLD))
-    try:
-        yield
-    finally:
-        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    with keep_freed(nbytes):
+        if not retain_freed_memory():
+            yield
+            return
+        glibc().mallopt(M_MMAP_MAX, 0)
+        try:
+            yield
+        finally:
+            glibc().mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
 
 
 @cache

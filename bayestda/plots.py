@@ -120,7 +120,8 @@ def fixed_seed_by_epoch(by_epoch: pd.DataFrame, stem: Path) -> list[Path]:
     epoch, each beside the other, so that none hides behind the lines' last points."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     groups = list(by_epoch.groupby("method", sort=False))
-    whole_run = [m for m, rows in groups if len(rows) == 1 and by_epoch["epoch"].nunique() > 1]
+    several_epochs = by_epoch["epoch"].nunique() > 1
+    whole_run = [m for m, rows in groups if len(rows) == 1 and several_epochs]
     for method, rows in groups:
         if method in whole_run:
             x = rows["epoch"] + 0.12 * (whole_run.index(method) + 1)

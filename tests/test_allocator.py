@@ -78,38 +78,47 @@ def test_loo_workers_apply_it():
         assert pool.submit(eval, "__import__('bayestda.allocator').allocator._applied").result() is True
 
 
-# 200 blocks of 1 MiB, all live at once and then all freed, leave 200 MiB free at the heap's top: above the
-# 32 MiB kept by default, within the 1 GiB that `keep_freed` keeps inside its block. Raw malloc, not torch
-# tensors: a small allocation that lands above the blocks (a TensorImpl, a list) would pin the heap's top and
-# make trimming depend on the layout.
-CHURN = """
+# `churn(size, count)`: `count` blocks of `size` bytes, all live at once and written, then all freed; the minor page
+# faults it took. Raw malloc, not torch tensors: a small allocation that lands above the blocks (a TensorImpl, a
+# list) would pin the heap's top and make trimming depend on the layout.
+CHURN_SETUP = """
 import ctypes, json, resource
-from bayestda.allocator import glibc, keep_freed, retain_freed_memory
+from bayestda.allocator import glibc, keep_freed, retain_freed_memory, reuse_large_blocks
 retain_freed_memory()
 libc = glibc()
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-def churn():
+def churn(size, count):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    blocks = [libc.malloc(2**20) for _ in range(200)]
+    blocks = [libc.malloc(size) for _ in range(count)]
     for b in blocks:
-        ctypes.memset(b, 1, 2**20)
+        ctypes.memset(b, 1, size)
     for b in reversed(blocks):
         libc.free(b)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-churn()
+"""
+
+
+def _faults(script: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHURN_SETUP + script], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# 200 blocks of 1 MiB leave 200 MiB free at the heap's top: above the 32 MiB kept by default, within the 1 GiB that
+# `keep_freed` keeps inside its block.
+CHURN = """
+churn(2**20, 200)
 with keep_freed(2**30):
-    churn()
-    inside = churn()
-outside = [churn(), churn()]
+    churn(2**20, 200)
+    inside = churn(2**20, 200)
+outside = [churn(2**20, 200), churn(2**20, 200)]
 print(json.dumps({"inside": inside, "outside": outside}))
 """
 
 
 @glibc
 def test_keep_freed_keeps_more_inside_its_block_only():
-    out = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True, check=True)
-    faults = json.loads(out.stdout.strip().splitlines()[-1])
+    faults = _faults(CHURN)
     pages = 200 * 2**20 // 4096  # 51,200 pages of 4 KiB: what a churn faults in when nothing is kept
     assert faults["inside"] < pages // 20, faults  # reused
     # the first churn after the block reuses what was kept, then frees it past the default threshold: trimmed,
@@ -117,36 +126,20 @@ def test_keep_freed_keeps_more_inside_its_block_only():
     assert faults["outside"][1] > pages // 2, faults
 
 
-# Blocks of 48 MiB, above the 32 MiB mmap threshold: by default each is mmapped on allocation and unmapped on free.
+# 3 blocks of 48 MiB, above the 32 MiB mmap threshold: by default each is mmapped on allocation and unmapped on free.
 LARGE_CHURN = """
-import ctypes, json, resource
-from bayestda.allocator import glibc, reuse_large_blocks, retain_freed_memory
-retain_freed_memory()
-libc = glibc()
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-SIZE = 48 * 2**20
-def churn():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    blocks = [libc.malloc(SIZE) for _ in range(3)]
-    for b in blocks:
-        ctypes.memset(b, 1, SIZE)
-    for b in reversed(blocks):
-        libc.free(b)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-before = churn()
+before = churn(48 * 2**20, 3)
 with reuse_large_blocks(2**30):
-    churn()
-    inside = churn()
-outside = [churn(), churn()]
+    churn(48 * 2**20, 3)
+    inside = churn(48 * 2**20, 3)
+outside = [churn(48 * 2**20, 3), churn(48 * 2**20, 3)]
 print(json.dumps({"before": before, "inside": inside, "outside": outside}))
 """
 
 
 @glibc
 def test_reuse_large_blocks_keeps_blocks_above_the_mmap_threshold_inside_its_block_only():
-    out = subprocess.run([sys.executable, "-c", LARGE_CHURN], capture_output=True, text=True, check=True)
-    faults = json.loads(out.stdout.strip().splitlines()[-1])
+    faults = _faults(LARGE_CHURN)
     pages = 3 * 48 * 2**20 // 4096  # 36,864 pages of 4 KiB: a churn of fresh memory
     assert faults["before"] > pages // 2, faults  # mmapped, returned, mmapped again
     assert faults["inside"] < pages // 20, faults  # served from the heap and kept
