@@ -252,7 +252,11 @@ def stable_pair_profile(res: Path, method: str, k: int, train_labels: np.ndarray
     def profile(name: str, mask: np.ndarray) -> dict:
         per_train = np.sort(mask.sum(1))[::-1]
         n_top = max(1, round(0.1 * len(train_idx)))
-        return {"pairs": name, "count": int(mask.sum()), "same class": same[mask].mean(), "z_j helps": helps[mask].mean(),
+
+        def share(flags: np.ndarray) -> float:  # of the pairs in `mask`; undefined when there are none
+            return float(flags[mask].mean()) if mask.any() else float("nan")
+
+        return {"pairs": name, "count": int(mask.sum()), "same class": share(same), "z_j helps": share(helps),
                 "train images": int((per_train > 0).sum()), "test images": int(mask.any(0).sum()),
                 "top-10% train images' share": per_train[:n_top].sum() / max(1, mask.sum()),
                 "median abs(μ)": float(np.median(np.abs(mu[mask]))) if mask.any() else float("nan")}  # fmt: skip

@@ -1,6 +1,8 @@
 """report.stable_pair_profile (claim (b), "which are they") against a hand count on a small result table,
 report.common_share against an explicit per-group variance decomposition, and report.compute_time's columns."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,6 +45,17 @@ def test_stable_pair_profile_counts_classes_signs_and_concentration(tmp_path):
         order = np.argsort(-counts, kind="stable")
         partners = ", ".join(f"{classes[i]}×{counts[i]}" for i in order)
         assert lead == ["7", str(train_labels[7]), "6", str(same[0].sum()), str((sign * mu[0] > 0).sum()), partners]
+
+
+def test_stable_pair_profile_without_stable_pairs_says_so_without_warnings(tmp_path):
+    rng = np.random.default_rng(1)
+    train_idx, test_idx = np.arange(4), np.arange(5)
+    _write(tmp_path, "loo-scratch", 5, rng.uniform(0.2, 1, (4, 5)), rng.normal(size=(4, 5)), train_idx, test_idx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "mean of empty slice" would be one
+        text = stable_pair_profile(tmp_path, "loo-scratch", 5, rng.integers(0, 3, 4), rng.integers(0, 3, 5))
+    assert _row(text, "FDR < 0.05")[1:] == ["0", "–", "–", "0", "0", "0", "–"]
+    assert "Training images with the most stable pairs" not in text
 
 
 def _between_share_by_loop(taus: list[np.ndarray]) -> float:
