@@ -253,13 +253,14 @@ def stable_pair_profile(res: Path, method: str, k: int, train_labels: np.ndarray
         per_train = np.sort(mask.sum(1))[::-1]
         n_top = max(1, round(0.1 * len(train_idx)))
 
-        def share(flags: np.ndarray) -> float:  # of the pairs in `mask`; undefined when there are none
-            return float(flags[mask].mean()) if mask.any() else float("nan")
+        def over_pairs(stat, values: np.ndarray) -> float:  # `stat` of the pairs in `mask`; undefined if none
+            return float(stat(values[mask])) if mask.any() else float("nan")
 
-        return {"pairs": name, "count": int(mask.sum()), "same class": share(same), "z_j helps": share(helps),
+        return {"pairs": name, "count": int(mask.sum()), "same class": over_pairs(np.mean, same),
+                "z_j helps": over_pairs(np.mean, helps),
                 "train images": int((per_train > 0).sum()), "test images": int(mask.any(0).sum()),
                 "top-10% train images' share": per_train[:n_top].sum() / max(1, mask.sum()),
-                "median abs(μ)": float(np.median(np.abs(mu[mask]))) if mask.any() else float("nan")}  # fmt: skip
+                "median abs(μ)": over_pairs(np.median, np.abs(mu))}  # fmt: skip
 
     frame = pd.DataFrame([profile("FDR < 0.05", stable), profile("all", np.ones_like(stable))])
     per_train = stable.sum(1)
