@@ -5,14 +5,19 @@ end-of-epoch checkpoints and learning rates (a test-only dependency, `pip instal
 
 Times, on the same seed and data: (1) GD on the last checkpoint; (2) tracin-cp, replay and scoring of every epoch
 included; (3) tracin-ideal; (4) dattri's TracInCP (no projection) on the checkpoints our replay produced, which
-it needs stored (the replay's time is not counted for it). Prints each time, the ratios, and how far dattri's
-scores are from ours. Needs the seed trained (step 1).
+it needs stored (the replay's time is not counted for it). Each of (1)-(3) is called once untimed, then timed
+`--repeats` times: a process's first calls pay one-time costs (torch.func's lazy imports, oneDNN building its
+kernels for each new shape, fresh pages), and a single sub-second call swings widely on a shared VM.
+Prints the median and range of each, the ratios of medians, and how far dattri's scores are from ours. Needs
+the seed trained (step 1).
 
-usage: python bench/bench_tracin.py --task mnist3 --num_per_class 50 [--model cnn] [--seed_id 0] [--skip_dattri]
+usage: python bench/bench_tracin.py --task mnist3 --num_per_class 50 [--model cnn] [--seed_id 0] [--repeats 5]
+       [--skip_dattri]
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,6 +56,7 @@ def dattri_tracin(samples, states: list[dict], lrs: list[float]) -> torch.Tensor
 
 def main() -> None:
     p = seed_bench.parser(__doc__, task="mnist3", threads="torch threads")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls of each job, after an untimed one")
     p.add_argument("--skip_dattri", action="store_true", help="time this package only")
     args = p.parse_args()
     retain_freed_memory()
@@ -62,18 +68,29 @@ def main() -> None:
           f"{len(samples.test)} test, {epochs} epochs, {torch.get_num_threads()} threads")  # fmt: skip
 
     model = list(samples.models(cpu, torch.float32))[-1]
-    grad_dot_and_cos(FunctionalModel(model), samples.train, samples.test)  # warm-up: torch.func's lazy imports
-    start = time.perf_counter()
-    grad_dot_and_cos(FunctionalModel(model), samples.train, samples.test)
-    t_gd = time.perf_counter() - start
-    print(f"{'gd, one checkpoint':28s} {t_gd:8.2f} s")
+
+    def timed(label: str, job, note=lambda t: ""):
+        """job()'s median wall time over `--repeats` calls after an untimed one, printed with its range; and its
+        last result."""
+        out, times = job(), []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = job()
+            times.append(time.perf_counter() - start)
+        t = statistics.median(times)
+        print(f"{label:28s} {t:8.2f} s  ({min(times):.2f}–{max(times):.2f}){note(t)}", flush=True)
+        return t, out
+
+    t_gd, _ = timed("gd, one checkpoint", lambda: grad_dot_and_cos(FunctionalModel(model), samples.train, samples.test))
     times, scores = {}, {}
     for kind in tracin.KINDS:
-        start = time.perf_counter()
-        scores[kind] = tracin.score(samples, tracin.TracInOptions(kind=kind, chunk=128), cpu)[0][0]
-        times[kind] = time.perf_counter() - start
         target = f" (the issue's target: ≤ ×{epochs})" if kind == "cp" else ""
-        print(f"{'tracin-' + kind:28s} {times[kind]:8.2f} s   ×{times[kind] / t_gd:.1f} GD{target}")
+        times[kind], out = timed(
+            f"tracin-{kind}",
+            lambda kind=kind: tracin.score(samples, tracin.TracInOptions(kind=kind, chunk=128), cpu),
+            lambda t, target=target: f"   ×{t / t_gd:.1f} GD{target}",
+        )
+        scores[kind] = out[0][0]
     if args.skip_dattri:
         return
     try:

@@ -1,13 +1,16 @@
 """report.stable_pair_profile (claim (b), "which are they") against a hand count on a small result table,
-report.common_share against an explicit per-group variance decomposition, and report.compute_time's columns."""
+report.common_share against an explicit per-group variance decomposition, report.compute_time's columns, and
+report.compare_experiments' σ² ratios against numpy on hand-made μ, σ tables."""
 
+import json
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bayestda.report import common_share, common_shift, compute_time, stable_pair_profile
+from bayestda.paths import read_seeds
+from bayestda.report import common_share, common_shift, compare_experiments, compute_time, stable_pair_profile
 from bayestda.scores import save_scores
 
 
@@ -163,3 +166,33 @@ def test_sample_distance_is_a_per_sample_spearman_and_relative_error(tmp_path):
         assert row["mean relative error"] == pytest.approx(np.mean(errors))
         assert (row["min"], row["max"]) == pytest.approx((min(errors), max(errors)))
     assert table.loc["if-ekfac", "mean relative error"] > 0.1  # the synthetic methods differ in scale
+
+
+def test_compare_experiments_gives_mean_and_median_sigma_squared_ratios(tmp_path):
+    rng = np.random.default_rng(3)
+    sigmas = {"cnn": rng.uniform(0.5, 1.5, (6, 4))}
+    sigmas["cnn3"] = 2 * sigmas["cnn"]
+    sigmas["cnn3"][0, 0] = 100.0  # one heavy-tailed pair: it moves the mean σ² ratio, hardly the median's
+    mu = rng.normal(size=(6, 4))
+    for model, sigma in sigmas.items():
+        res = tmp_path / "results" / f"{model}_mnist3_10pc"
+        for folder, values in (("mu", mu), ("sigma", sigma)):
+            (res / folder).mkdir(parents=True)
+            pd.DataFrame(values).to_csv(res / folder / "gd_k5.csv")
+        pd.DataFrame([{"method": "gd", "num_ckpts": 5, "p_type": p_type, "mean_p": mean_p,
+                       "frac_sigma_above_abs_mu": 0.5} for p_type, mean_p in (("paper", 0.3), ("t", 0.4))]).to_csv(
+            res / "summary.csv", index=False)  # fmt: skip
+        seed_dir = tmp_path / "models" / model / "mnist3_10pc" / str(read_seeds()[0])
+        seed_dir.mkdir(parents=True)
+        (seed_dir / "metrics.json").write_text(json.dumps({"final_test_acc": 90.0, "config": {}}))
+    table = compare_experiments(tmp_path, ["cnn_mnist3_10pc", "cnn3_mnist3_10pc"], ["gd"], 5)
+    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    lines = table.splitlines()
+    header = cells(next(line for line in lines if line.startswith("| method |")))
+    row = dict(zip(header, cells(next(line for line in lines if line.startswith("| gd | cnn3_mnist3_10pc |"))),
+                   strict=True))  # fmt: skip
+    sq = {m: np.square(s) for m, s in sigmas.items()}
+    assert row["mean σ²"] == f"{sq['cnn3'].mean():.3g}" and row["median σ²"] == f"{np.median(sq['cnn3']):.3g}"
+    assert row["σ² ÷ first"] == f"{sq['cnn3'].mean() / sq['cnn'].mean():.3g}"
+    assert row["median σ² ÷ first"] == f"{np.median(sq['cnn3']) / np.median(sq['cnn']):.3g}"
+    assert float(row["median σ² ÷ first"]) < 5 < 50 < float(row["σ² ÷ first"])  # σ doubled, but for one pair

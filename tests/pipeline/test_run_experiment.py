@@ -232,7 +232,7 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
         in report
     )
     assert f"| loo-scratch | 2 | {common_share(tau[:, -2:].numpy()):.3f} |" in report  # seeds x last 2 checkpoints
-    # --compare (claim (d), noise sources): the same numbers, plus mean abs(μ) and mean σ² from the μ, σ tables
+    # --compare (claim (d), noise sources): the same numbers, plus mean abs(μ), mean and median σ² from the μ, σ tables
     proc = sh(["report_experiment.py", "--compare", "cnn_mnist3_10pc", "--num_ckpts", "2", "--methods", "loo-scratch",
                "--out_root", str(by_runner)], data_root)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -240,7 +240,8 @@ def test_report_reads_back_the_experiment(by_runner, data_root):
     sigma = pd.read_csv(by_runner / "results/cnn_mnist3_10pc/sigma/loo-scratch_k2.csv", index_col=0).to_numpy()
     paper = summary[(summary.method == "loo-scratch") & (summary.num_ckpts == 2) & (summary.p_type == "paper")].iloc[0]
     assert (f"| loo-scratch | cnn_mnist3_10pc | {paper.mean_p:.3g} | {row.mean_p:.3g} | "
-            f"{row.frac_sigma_above_abs_mu:.3g} | {abs(mu).mean():.3g} | {(sigma**2).mean():.3g} | 1 |") in proc.stdout  # fmt: skip
+            f"{row.frac_sigma_above_abs_mu:.3g} | {abs(mu).mean():.3g} | {(sigma**2).mean():.3g} | "
+            f"{np.median(sigma**2):.3g} | 1 | 1 |") in proc.stdout  # fmt: skip
     assert f"| cnn_mnist3_10pc | 2 | {sum(accs) / 2:.2f} |" in proc.stdout
     bad = sh(["report_experiment.py", "--experiment", "cnn_mnist3_30pc", "--out_root", str(by_runner)], data_root)
     assert (
