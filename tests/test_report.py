@@ -186,11 +186,7 @@ def test_compare_experiments_gives_mean_and_median_sigma_squared_ratios(tmp_path
         seed_dir.mkdir(parents=True)
         (seed_dir / "metrics.json").write_text(json.dumps({"final_test_acc": 90.0, "config": {}}))
     table = compare_experiments(tmp_path, ["cnn_mnist3_10pc", "cnn3_mnist3_10pc"], ["gd"], 5)
-    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
-    lines = table.splitlines()
-    header = cells(next(line for line in lines if line.startswith("| method |")))
-    row = dict(zip(header, cells(next(line for line in lines if line.startswith("| gd | cnn3_mnist3_10pc |"))),
-                   strict=True))  # fmt: skip
+    row = dict(zip(_row(table, "method"), _row(table, "gd | cnn3_mnist3_10pc"), strict=True))
     sq = {m: np.square(s) for m, s in sigmas.items()}
     assert row["mean σ²"] == f"{sq['cnn3'].mean():.3g}" and row["median σ²"] == f"{np.median(sq['cnn3']):.3g}"
     assert row["σ² ÷ first"] == f"{sq['cnn3'].mean() / sq['cnn'].mean():.3g}"
