@@ -5,9 +5,9 @@ Writes results/<model>_<task>_<n>pc/correlations/<pearson|spearman>_<quantity>_<
 heatmaps under figures/. `aligned` flips each method's sign so that "z_j helps z" is positive.
 """
 
-from bayestda.analysis import write_correlations
-from bayestda.cli import at_least, run
-from bayestda.stats_cli import experiment_from_args, parser
+from bayestda.analysis.cli import experiment_from_args, parser
+from bayestda.analysis.results import write_correlations
+from bayestda.core.cli import at_least, run
 
 
 def main():

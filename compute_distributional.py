@@ -12,20 +12,20 @@ Examples:
   python compute_distributional.py --experiment cnn_mnist3_10pc --methods loo-scratch,ud,gd,trak --measures dmean
 """
 
-from bayestda.analysis import check_num_ckpts
-from bayestda.cli import at_least, run
-from bayestda.distributional import (
+from bayestda.analysis.cli import experiment_from_args, parser, print_step_results
+from bayestda.analysis.distributional import (
     MEASURES,
-    TRUTH,
     base_losses,
     check_measures,
     check_truth,
     console_summary,
     removal_factor,
+    truth_method,
     write_distributional,
 )
-from bayestda.paths import DATA_ROOT_ENV, resolve_data_root
-from bayestda.stats_cli import experiment_from_args, parser, print_step_results
+from bayestda.analysis.results import check_num_ckpts
+from bayestda.core.cli import at_least, run
+from bayestda.core.paths import DATA_ROOT_ENV, resolve_data_root
 
 
 def main():
@@ -44,7 +44,7 @@ def main():
         p.error(f"--measures: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
     exp = experiment_from_args(p, args)
     check_truth(exp)
-    predicted = [m for m in exp.methods if m != TRUTH]
+    predicted = [m for m in exp.methods if m != truth_method()]
     if args.measures is not None:
         check_measures(exp, predicted, asked)
     elif similarities := [m for m in predicted if removal_factor(m, len(exp.train_idx)) is None]:

@@ -11,15 +11,15 @@ Examples:
   python compute_lds.py --experiment cnn_mnist3_10pc --methods loo-scratch,if-ggn,gd,trak --bootstrap 2000
 """
 
-from bayestda.analysis import check_num_ckpts
-from bayestda.cli import at_least, run
-from bayestda.errors import UserError
-from bayestda.lds import console_summary, write_lds
+from bayestda.analysis.cli import experiment_from_args, parser, print_step_results
+from bayestda.analysis.lds import console_summary, write_lds
+from bayestda.analysis.results import check_num_ckpts
+from bayestda.analysis.statistics import parse_experiment_name
+from bayestda.core.cli import at_least, run
+from bayestda.core.errors import UserError
+from bayestda.core.paths import read_seeds, resolve_out_root
 from bayestda.methods.registry import methods_with_scores
-from bayestda.paths import read_seeds, resolve_out_root
-from bayestda.statistics import parse_experiment_name
-from bayestda.stats_cli import experiment_from_args, parser, print_step_results
-from bayestda.subset_retrains import load_subset_retrains
+from bayestda.runs.subset_retrains import load_subset_retrains
 
 
 def main():

@@ -10,11 +10,11 @@ Examples:
   python compute_mislabel.py --experiment cnn-noisy10_mnist3_50pc --methods gd,loo-scratch --seed_ids 0 1 2
 """
 
-from bayestda.cli import Parser, add_seed_ids, run
-from bayestda.mislabel import METHODS, console_summary, write_mislabel
-from bayestda.paths import read_seeds, resolve_out_root, results_dir
-from bayestda.statistics import parse_experiment_name
-from bayestda.stats_cli import print_step_results
+from bayestda.analysis.cli import print_step_results
+from bayestda.analysis.mislabel import METHODS, console_summary, write_mislabel
+from bayestda.analysis.statistics import parse_experiment_name
+from bayestda.core.cli import Parser, add_seed_ids, run
+from bayestda.core.paths import read_seeds, resolve_out_root, results_dir
 
 
 def main():

@@ -6,10 +6,10 @@ test indices as columns; p-values `paper` = 2Φ(-|μ/σ|) and `t` = one-sample t
 mean_p_values.csv, mean_p_values_t.csv, summary.csv and figures/.
 """
 
-from bayestda.analysis import write_pvalues
-from bayestda.cli import at_least, run
-from bayestda.report import console_summary
-from bayestda.stats_cli import experiment_from_args, parser
+from bayestda.analysis.cli import experiment_from_args, parser
+from bayestda.analysis.report import console_summary
+from bayestda.analysis.results import write_pvalues
+from bayestda.core.cli import at_least, run
 
 
 def main():

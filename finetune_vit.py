@@ -13,10 +13,11 @@ Writes models/vit/<task>_<n>pc/<seed>/ckpt_epoch_<e>.pt for the last 5 epochs (t
 only the trainable LoRA and classifier tensors, and metrics.json; finished seeds are skipped.
 """
 
-from bayestda.cli import Parser, add_common_args, run
-from bayestda.ensemble import EnsembleSpec, add_training_args, train_main
+from bayestda.core.cli import Parser, run
+from bayestda.data.flags import add_common_args
 from bayestda.models.vit import DEFAULT_VIT
-from bayestda.training import PRECISIONS
+from bayestda.runs.ensemble import EnsembleSpec, add_training_args, recipe_flags, train_main
+from bayestda.training.loop import PRECISIONS
 
 
 def main():
@@ -34,7 +35,7 @@ def main():
     add_training_args(p)
     args = p.parse_args()
     spec = EnsembleSpec(
-        args.task, args.num_per_class, "vit", args.posterior, args.epochs, args.model_name_or_path,
+        args.task, args.num_per_class, "vit", args.posterior, recipe_flags(p, args), args.model_name_or_path,
         precision=args.precision, label_noise=args.label_noise,
     )  # fmt: skip
     train_main(p, args, spec)

@@ -14,12 +14,13 @@ Examples:
   python report_experiment.py --compare cnn_mnist3_50pc cnn-deinit_mnist3_50pc cnn-debatch_mnist3_50pc
 """
 
-from bayestda.cli import Parser, add_paper_subsets_dir, at_least, run
-from bayestda.data import load_split
+from bayestda.analysis.report import compare_experiments, experiment_report
+from bayestda.analysis.statistics import parse_experiment_name
+from bayestda.core.cli import Parser, at_least, run
+from bayestda.core.paths import DATA_ROOT_ENV, resolve_data_root, resolve_out_root
+from bayestda.data.flags import add_paper_subsets_dir
+from bayestda.data.subsets import load_split
 from bayestda.methods.registry import score_names
-from bayestda.paths import DATA_ROOT_ENV, resolve_data_root, resolve_out_root
-from bayestda.report import compare_experiments, experiment_report
-from bayestda.statistics import parse_experiment_name
 
 
 def main():

@@ -10,11 +10,12 @@ Examples:
   python retrain_subsets.py --task mnist3 --num_per_class 50 --seed_id 3 --lds_subsets 100
 """
 
-from bayestda import families
-from bayestda.cli import Parser, add_common_args, resolve_device, run
-from bayestda.options import add_arguments, from_args
-from bayestda.paths import resolve_data_root, resolve_out_root, select_seeds
-from bayestda.subset_retrains import SubsetRetrainOptions, run_subset_retrains
+from bayestda.core.cli import Parser, resolve_device, run
+from bayestda.core.options import add_arguments, from_args
+from bayestda.core.paths import resolve_data_root, resolve_out_root, select_seeds
+from bayestda.data.flags import add_common_args
+from bayestda.models import families
+from bayestda.runs.subset_retrains import SubsetRetrainOptions, run_subset_retrains
 
 
 def main():

@@ -16,7 +16,7 @@ Examples:
   python run_experiment.py --task cifar10 --num_per_class 10 --backend slurm --slurm_partition gpu --dry_run
 """
 
-from bayestda.cli import run
+from bayestda.core.cli import run
 from bayestda.pipeline.cli import main
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ Examples:
   python self_influence.py --model cnn-noisy10 --task mnist3 --num_per_class 50 --methods gd,trak --seed_id 3
 """
 
-from bayestda.cli import Parser, add_common_args, resolve_device, run
+from bayestda.analysis.mislabel import METHODS, run_self_influence
+from bayestda.core.cli import Parser, resolve_device, run
+from bayestda.core.paths import resolve_data_root, resolve_out_root, select_seeds
+from bayestda.data.flags import add_common_args
 from bayestda.methods import registry
-from bayestda.mislabel import METHODS, run_self_influence
-from bayestda.paths import resolve_data_root, resolve_out_root, select_seeds
 
 
 def main():

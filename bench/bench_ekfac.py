@@ -31,12 +31,12 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayestda import families
-from bayestda.allocator import retain_freed_memory
-from bayestda.data import Subset
-from bayestda.func import FunctionalModel
+from bayestda.core.allocator import retain_freed_memory
+from bayestda.data.subsets import Subset
 from bayestda.methods.ekfac import if_ekfac
 from bayestda.methods.influence import if_ggn
+from bayestda.models import families
+from bayestda.models.func import FunctionalModel
 from bench import seed_bench
 
 

@@ -28,10 +28,11 @@ def measure_one(args) -> dict:
     """One job on the seed in this process: wall time and peak RSS (with its worker processes)."""
     import torch
 
-    from bayestda.allocator import retain_freed_memory
+    from bayestda.core.allocator import retain_freed_memory
+    from bayestda.core.usage import peak_memory_gib
     from bayestda.methods.cli import parse_method_args
-    from bayestda.methods.runner import compute, peak_memory_gib
-    from bayestda.subset_retrains import SubsetRetrainOptions, retrain_seed
+    from bayestda.methods.runner import compute
+    from bayestda.runs.subset_retrains import SubsetRetrainOptions, retrain_seed
 
     retain_freed_memory()  # as every step does (cli.run)
     torch.set_num_threads(1)
@@ -54,7 +55,7 @@ def main() -> None:
     if args.job:
         print(json.dumps(measure_one(args)))
         return
-    from bayestda.paths import read_seeds
+    from bayestda.core.paths import read_seeds
 
     print(f"{args.model} {args.task} {args.num_per_class}pc, seed_id {args.seed_id}: {args.lds_subsets} LDS retrains "
           f"(+1 full-data check) against LOO-scratch; one process each, {args.threads} cores")  # fmt: skip

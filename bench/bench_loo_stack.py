@@ -23,13 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayestda import families
-from bayestda.allocator import retain_freed_memory
-from bayestda.cli import resolve_device
-from bayestda.data import get_task, load_subset
-from bayestda.methods import loo
-from bayestda.paths import REPO_ROOT, resolve_data_root
-from bayestda.training import TrainConfig, batch_orders
+from bayestda.core.allocator import retain_freed_memory
+from bayestda.core.cli import resolve_device
+from bayestda.core.paths import REPO_ROOT, resolve_data_root
+from bayestda.data.subsets import load_subset
+from bayestda.data.tasks import get_task
+from bayestda.models import families
+from bayestda.runs import retrains
+from bayestda.training.loop import batch_orders
+from bayestda.training.recipe import TrainConfig
 
 
 def timed(device, fn):
@@ -60,22 +62,22 @@ def main():
     test = load_subset(args.task, "test", None, data_root, REPO_ROOT).to(device)
     cfg = TrainConfig(epochs=get_task(args.task).epochs)
     n = len(train)
-    ctx = loo.RetrainContext(
+    ctx = retrains.RetrainContext(
         {"family": families.of_arch(args.arch).name, "arch": args.arch, "task": args.task, "init_seed": 0}, train, test, cfg, batch_orders(n, cfg.epochs, 0),
         start_states=[], eval_epochs=tuple(range(cfg.epochs - 4, cfg.epochs + 1)), device=str(device),
     )  # fmt: skip
-    jobs = [loo.Retrain(None, zero_weight=False)] + [loo.Retrain(j, zero_weight=False) for j in range(n)]
+    jobs = [retrains.Retrain(None, zero_weight=False)] + [retrains.Retrain(j, zero_weight=False) for j in range(n)]
     print(f"{args.arch} {args.task}-{args.num_per_class}pc: {n} train, {len(test)} test, {cfg.epochs} epochs; device {device}"
           f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")  # fmt: skip
     k = args.reference_retrains
     if device.type == "cpu":
         torch.set_num_threads(1)  # as loo.py runs each retrain
-    reference, ref_s = timed(device, lambda: [loo.run_retrain(ctx, job) for job in jobs[:k]])
+    reference, ref_s = timed(device, lambda: [retrains.run_retrain(ctx, job) for job in jobs[:k]])
     per_retrain = ref_s / k
     print(f"one at a time: {per_retrain:.3f} s per retrain -> {per_retrain * len(jobs):8.1f} s for all {len(jobs)}")
     for size in [int(s) for s in args.stacks.split(",")]:
         size = min(size, len(jobs))
-        stacked, stack_s = timed(device, lambda size=size: loo.run_stacked_retrains(ctx, jobs[:size]))
+        stacked, stack_s = timed(device, lambda size=size: retrains.run_stacked_retrains(ctx, jobs[:size]))
         # τ = L(without z_j) − L(full) of the retrains both runs share, and how far the stack's τ is from the reference's
         tau_ref = torch.stack(reference[1:]) - reference[0]
         tau_stack = torch.stack(stacked[1 : len(reference)]) - stacked[0]

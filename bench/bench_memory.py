@@ -44,10 +44,12 @@ def measure_one(args) -> dict:
 
     import torch
 
-    from bayestda.allocator import retain_freed_memory
-    from bayestda.errors import UserError
-    from bayestda.methods import influence, loo
-    from bayestda.methods.runner import compute, peak_memory_gib
+    from bayestda.core.allocator import retain_freed_memory
+    from bayestda.core.errors import UserError
+    from bayestda.core.usage import peak_memory_gib
+    from bayestda.methods import influence
+    from bayestda.methods.runner import compute
+    from bayestda.runs import retrains
 
     retain_freed_memory()  # as step 2 does (cli.run)
     torch.set_num_threads(args.threads)
@@ -57,10 +59,12 @@ def measure_one(args) -> dict:
     start = time.perf_counter()
     if args.method.startswith("loo-"):  # a few of the seed's retrains (from its last checkpoint, for continuations)
         protocol = args.method.split("-")[1]
-        ctx = loo.retrain_context(protocol, samples, "cpu")
+        ctx = retrains.retrain_context(samples, "cpu", from_checkpoints=protocol != "scratch")
         start_at = None if protocol == "scratch" else len(ctx.start_states) - 1
-        jobs = [loo.Retrain(j, start=start_at, zero_weight=protocol != "scratch") for j in range(args.loo_retrains)]
-        loo.run_retrains(ctx, jobs, options.workers, desc=args.method)
+        jobs = [
+            retrains.Retrain(j, start=start_at, zero_weight=protocol != "scratch") for j in range(args.loo_retrains)
+        ]
+        retrains.run_retrains(ctx, jobs, options.workers, desc=args.method)
         total = len(samples.train) + 1 if protocol == "scratch" else len(samples.epochs) * len(samples.train)
         cuts.append(f"{len(jobs)} of {total} retrains, {options['workers']} workers")
     else:

@@ -22,16 +22,17 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayestda import families
-from bayestda.allocator import DEFAULTS_ENV, retain_freed_memory
-from bayestda.checkpoints import load_checkpoint, read_checkpoint
-from bayestda.data import load_subset
-from bayestda.func import FunctionalModel
-from bayestda.methods import ats, influence, loo
+from bayestda.artifacts.checkpoints import load_checkpoint, read_checkpoint
+from bayestda.core.allocator import DEFAULTS_ENV, retain_freed_memory
+from bayestda.core.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
+from bayestda.core.usage import peak_memory_gib
+from bayestda.data.subsets import load_subset
+from bayestda.methods import ats, influence
 from bayestda.methods.grad_similarity import grad_dot_and_cos
-from bayestda.methods.runner import peak_memory_gib
-from bayestda.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
-from bayestda.training import TrainConfig, batch_orders
+from bayestda.models import families
+from bayestda.models.func import FunctionalModel
+from bayestda.training.loop import batch_orders
+from bayestda.training.recipe import TrainConfig
 
 
 def timed(fn):
@@ -69,7 +70,7 @@ def bench_gd(fm, model, train, test):
 
 
 def bench_ats(fm, model, train, test, cfg):
-    _, fast = timed(lambda: ats.ats_scores(fm, train, test, cfg["lr"], cfg["weight_decay"]))
+    _, fast = timed(lambda: ats.ats_scores(fm, train, test, TrainConfig.from_config(cfg)))
     k = 10
 
     def loop():
@@ -133,10 +134,12 @@ def bench_loo(seed_dir, train, test, retrains: int, workers: int):
     ckpt = read_checkpoint(checkpoint_file(seed_dir, 15))
     cfg = ckpt["config"]
     tc = TrainConfig(epochs=cfg["epochs"])
-    ctx = loo.RetrainContext(cfg, train, test, tc, batch_orders(len(train), tc.epochs, cfg["batch_seed"]),
+    ctx = retrains.RetrainContext(cfg, train, test, tc, batch_orders(len(train), tc.epochs, cfg["batch_seed"]),
                              [], eval_epochs=tuple(range(tc.epochs - 4, tc.epochs + 1)))  # fmt: skip
-    jobs = [loo.Retrain(None, zero_weight=False)] + [loo.Retrain(j, zero_weight=False) for j in range(len(train))]
-    _, fast = timed(lambda: loo.run_retrains(ctx, jobs, workers, "LOO scratch"))
+    jobs = [retrains.Retrain(None, zero_weight=False)] + [
+        retrains.Retrain(j, zero_weight=False) for j in range(len(train))
+    ]
+    _, fast = timed(lambda: retrains.run_retrains(ctx, jobs, workers, "LOO scratch"))
 
     def eager(k):  # the obvious loop: one process, default threads, default layout, a full test pass per kept epoch
         for j in range(k):
@@ -165,11 +168,11 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="LOO worker processes")
     p.add_argument("--data_root", default=None)
     p.add_argument("--malloc_defaults", action="store_true",
-                   help="keep glibc's malloc defaults instead of bayestda.allocator's settings")  # fmt: skip
+                   help="keep glibc's malloc defaults instead of bayestda.core.allocator's settings")  # fmt: skip
     args = p.parse_args()
     if args.malloc_defaults:
         os.environ[DEFAULTS_ENV] = "1"  # LOO's worker processes inherit it
-    malloc = "bayestda.allocator settings" if retain_freed_memory() else "glibc malloc defaults"
+    malloc = "bayestda.core.allocator settings" if retain_freed_memory() else "glibc malloc defaults"
     torch.manual_seed(0)
     data_root = resolve_data_root(args.data_root)
     train = load_subset("mnist3", "train", 50, data_root, REPO_ROOT)

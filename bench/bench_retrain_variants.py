@@ -6,10 +6,10 @@ LOO `paper` spend their time on. This script runs the same retrains of one train
 LOO's workers run them, with each variant below. Rounds alternate the variants, so that the machine's drifts
 (±30% on a shared 2-core VM) hit all of them alike. For each variant it prints the best and median seconds per
 retrain, the speed-up over `default` from the same run (best against best), and how far its test losses are
-from `loo.run_retrain`'s. A non-zero distance means other bits, so a differently trained model.
+from `retrains.run_retrain`'s. A non-zero distance means other bits, so a differently trained model.
 
 Variants:
-  default     the package: channels-last CNN, Adam(foreach=True), evaluation in chunks (`loo.run_retrain`)
+  default     the package: channels-last CNN, Adam(foreach=True), evaluation in chunks (`retrains.run_retrain`)
   gelu-dense  GELU on the channels-last activations viewed as a dense NHWC tensor. On channels-last tensors
               PyTorch's CPU GELU takes a slower and more exact path; the dense one differs by ≤ 1.2e-6 a value.
   adam-fused  torch.optim.Adam(fused=True)
@@ -38,12 +38,12 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayestda.allocator import retain_freed_memory
-from bayestda.errors import UserError
-from bayestda.methods import loo
-from bayestda.methods import samples as samples_mod
-from bayestda.paths import REPO_ROOT, resolve_data_root
-from bayestda.training import make_optimizer
+from bayestda.core.allocator import retain_freed_memory
+from bayestda.core.errors import UserError
+from bayestda.core.paths import REPO_ROOT, resolve_data_root
+from bayestda.runs import retrains
+from bayestda.runs import samples as samples_mod
+from bayestda.training.recipe import make_optimizer
 
 VARIANTS = ("default", "gelu-dense", "adam-fused", "compile", "stack")
 
@@ -71,10 +71,10 @@ class DenseGeluCNN(nn.Module):
         return c.fc2(F.gelu(c.fc1(x.flatten(1))))
 
 
-def retrain(ctx: loo.RetrainContext, job: loo.Retrain, variant: str) -> torch.Tensor:
-    """`loo.run_retrain` with the variant's model and optimizer: [len(eval_epochs), n_test] test losses."""
+def retrain(ctx: retrains.RetrainContext, job: retrains.Retrain, variant: str) -> torch.Tensor:
+    """`retrains.run_retrain` with the variant's model and optimizer: [len(eval_epochs), n_test] test losses."""
     parts = set(variant.split("+"))
-    model = loo.start_model(ctx, job)
+    model = retrains.start_model(ctx, job)
     if "adam-fused" in parts:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=ctx.cfg.lr, weight_decay=ctx.cfg.weight_decay, fused=True)
@@ -84,7 +84,7 @@ def retrain(ctx: loo.RetrainContext, job: loo.Retrain, variant: str) -> torch.Te
         model = DenseGeluCNN(model)
     if "compile" in parts:
         model = torch.compile(model, dynamic=False)
-    return loo.retrain_from(ctx, job, model, optimizer)
+    return retrains.retrain_from(ctx, job, model, optimizer)
 
 
 def main():
@@ -117,20 +117,20 @@ def main():
                                            resolve_data_root(args.data_root))  # fmt: skip
     except UserError as err:  # e.g. no trained seed: the message says what to run
         sys.exit(str(err))
-    ctx = loo.retrain_context(args.protocol, samples, torch.device("cpu"))
+    ctx = retrains.retrain_context(samples, torch.device("cpu"), from_checkpoints=args.protocol != "scratch")
     n = len(ctx.train_data)
     scratch = args.protocol == "scratch"
     start = None if scratch else len(ctx.start_states) - 1
 
     def job(j):
-        return loo.Retrain(j, start=start, zero_weight=not scratch)
+        return retrains.Retrain(j, start=start, zero_weight=not scratch)
 
     left_out = [round(i * (n - 1) / max(1, args.retrains - 1)) for i in range(args.retrains)]
     print(f"{args.task}-{args.num_per_class}pc seed {seed}, LOO {args.protocol}: {n} train, {len(ctx.test_data)} test, "
           f"{ctx.cfg.epochs} epochs from {'the initialisation' if scratch else 'the last checkpoint'}, test losses at "
           f"epochs {list(ctx.eval_epochs)}; 1 thread; samples left out {left_out}", flush=True)  # fmt: skip
 
-    reference = {j: loo.run_retrain(ctx, job(j)) for j in left_out}  # the bits every variant is compared with
+    reference = {j: retrains.run_retrain(ctx, job(j)) for j in left_out}  # the bits every variant is compared with
     if "compile" in parts:
         t = time.perf_counter()
         retrain(ctx, job(left_out[0]), "compile")
@@ -143,7 +143,7 @@ def main():
             t = time.perf_counter()
             if v == "stack":
                 jobs = [job(j % n) for j in range(args.stack)]
-                out = dict(zip(range(args.stack), loo.run_stacked_retrains(ctx, jobs), strict=True))
+                out = dict(zip(range(args.stack), retrains.run_stacked_retrains(ctx, jobs), strict=True))
                 count = args.stack
             else:
                 out = {j: retrain(ctx, job(j), v) for j in left_out}

@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bayestda.paths import score_file  # noqa: E402
+from bayestda.core.paths import score_file  # noqa: E402
 
 
 def run(out: Path, args, cold: bool) -> tuple[float, dict]:

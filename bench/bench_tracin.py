@@ -27,12 +27,12 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayestda import families
-from bayestda.allocator import retain_freed_memory
-from bayestda.func import FunctionalModel
+from bayestda.core.allocator import retain_freed_memory
 from bayestda.methods import tracin
 from bayestda.methods.grad_similarity import grad_dot_and_cos
-from bayestda.replay import replay
+from bayestda.models import families
+from bayestda.models.func import FunctionalModel
+from bayestda.runs.replay import replay
 from bench import seed_bench
 
 

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayestda.allocator import retain_freed_memory
-from bayestda.func import FunctionalModel
+from bayestda.core.allocator import retain_freed_memory
 from bayestda.methods.trak import Projection, trak_scores
+from bayestda.models.func import FunctionalModel
 from bench import seed_bench
 
 

@@ -32,9 +32,10 @@ def measure_one(args) -> dict:
     """Score the seed with one method in this process; wall time, peak RSS, and the scores saved to --save."""
     import torch
 
-    from bayestda.allocator import retain_freed_memory
+    from bayestda.core.allocator import retain_freed_memory
+    from bayestda.core.usage import peak_memory_gib
     from bayestda.methods.cli import parse_method_args
-    from bayestda.methods.runner import compute, peak_memory_gib
+    from bayestda.methods.runner import compute
 
     retain_freed_memory()  # as step 2 does (cli.run)
     torch.set_num_threads(1 if args.method.startswith("loo") else args.threads)

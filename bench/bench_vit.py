@@ -31,17 +31,19 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayestda import families
-from bayestda.allocator import retain_freed_memory
-from bayestda.checkpoints import load_checkpoint
-from bayestda.cli import resolve_device
-from bayestda.data import load_subset
-from bayestda.ensemble import EnsembleSpec, train_ensemble
-from bayestda.func import FunctionalModel
-from bayestda.methods import loo, registry
+from bayestda.artifacts.checkpoints import load_checkpoint
+from bayestda.core.allocator import retain_freed_memory
+from bayestda.core.cli import resolve_device
+from bayestda.core.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
+from bayestda.data.subsets import load_subset
+from bayestda.methods import registry
 from bayestda.methods.runner import run_method
-from bayestda.methods.samples import load_seed_samples
-from bayestda.paths import REPO_ROOT, checkpoint_file, resolve_data_root, seed_model_dir
+from bayestda.models import families
+from bayestda.models.func import FunctionalModel
+from bayestda.runs import retrains
+from bayestda.runs.ensemble import EnsembleSpec, train_ensemble
+from bayestda.runs.samples import load_seed_samples
+from bayestda.training.recipe import RecipeOptions
 
 CONFIGS = {
     "base": {},  # ViTConfig() defaults are ViT-B/16 at 224×224
@@ -102,10 +104,10 @@ def per_sample_loop_seconds(model, data, k: int, device) -> float:
 def loo_scratch_seconds(out_root: Path, data_root: Path, device, n_train: int, k: int) -> float:
     """Time k LOO-scratch retrains of seed 0 through step 2's own code; print them scaled to all n + 1."""
     samples = load_seed_samples("vit", "mnist3", 10, 0, out_root, data_root)
-    ctx = loo.retrain_context("scratch", samples, device)
-    jobs = [loo.Retrain(None, zero_weight=False)] + [loo.Retrain(j, zero_weight=False) for j in range(k - 1)]
+    ctx = retrains.retrain_context(samples, device)
+    jobs = [retrains.Retrain(None, zero_weight=False)] + [retrains.Retrain(j, zero_weight=False) for j in range(k - 1)]
     with Stage(f"loo-scratch ({k} of {n_train + 1} retrains)", device, k, "retrain") as stage:
-        loo.run_retrains(ctx, jobs, workers=1, desc="loo-scratch", stack=1)
+        retrains.run_retrains(ctx, jobs, workers=1, desc="loo-scratch", stack=1)
     total = stage.seconds * (n_train + 1) / k
     print(f"{'loo-scratch: all retrains of a seed':38s} {total:9.2f} s   (scaled from {k})")
     return total
@@ -139,7 +141,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         backbone = args.model_name_or_path or save_random_vit(tmp / "backbone", args.config)
-        spec = EnsembleSpec("mnist3", 10, "vit", epochs=args.epochs, model_name_or_path=backbone,
+        spec = EnsembleSpec("mnist3", 10, "vit", recipe=RecipeOptions(epochs=args.epochs), model_name_or_path=backbone,
                             precision=args.precision)  # fmt: skip
         train = load_subset("mnist3", "train", 10, data_root, REPO_ROOT, pixels=True)
         test = load_subset("mnist3", "test", None, data_root, REPO_ROOT, pixels=True)

@@ -26,8 +26,8 @@ def parser(doc: str, task: str = "mnist3", threads: str | None = "torch threads"
 
 def seed_samples(args):
     """The seed's `SeedSamples`: its checkpoints and the data they are scored on."""
-    from bayestda.methods.samples import load_seed_samples
-    from bayestda.paths import REPO_ROOT, read_seeds, resolve_data_root
+    from bayestda.core.paths import REPO_ROOT, read_seeds, resolve_data_root
+    from bayestda.runs.samples import load_seed_samples
 
     out_root = Path(args.out_root) if args.out_root else REPO_ROOT
     return load_seed_samples(args.model, args.task, args.num_per_class, read_seeds()[args.seed_id], out_root,

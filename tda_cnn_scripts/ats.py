@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the package is beside this folder
 
-from bayestda.cli import run
+from bayestda.core.cli import run
 from bayestda.methods.cli import tda_main
 
 if __name__ == "__main__":

@@ -9,16 +9,19 @@ import signal
 import subprocess
 import sys
 import traceback
-from contextlib import ExitStack, redirect_stderr, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import kept_fp32_precision
 
-from bayestda import data, hints
-from bayestda.cli import available_cores
-from bayestda.paths import REPO_ROOT, resolve_data_root
+from bayestda.core import hints, plugins
+from bayestda.core.cli import available_cores
+from bayestda.core.paths import REPO_ROOT, resolve_data_root
+from bayestda.data import sources, tasks
+from bayestda.methods import registry
+from bayestda.models import families
 
 # Under pytest-xdist (`make test` runs one worker per core), each worker and the scripts it starts get an even
 # share of the cores: torch's default, a thread per core in every worker, oversubscribes the CPU, and its
@@ -65,8 +68,8 @@ def run_in_process(script: str | Path, *args: str, env: dict | None = None) -> s
     """Run a top-level script as `python script args` would, but in this interpreter: a fresh one costs seconds
     of imports per call. Its stdout, stderr and exit status come back as from `subprocess.run`; what a script
     may change for the whole process (environment, sys.path, sys.argv, working folder, torch threads, RNG and
-    float32 precision, the SIGTERM handler, remembered flags, CIFAR-10 warnings given) is put back afterwards,
-    and starts as in a fresh interpreter. `OMP_NUM_THREADS` in `env` sets torch's threads for the run."""
+    float32 precision, the SIGTERM handler, remembered flags, CIFAR-10 warnings given, plug-ins loaded and what they
+    registered) is put back afterwards, and starts as in a fresh interpreter. `OMP_NUM_THREADS` in `env` sets torch's threads for the run."""
     path = Path(script) if Path(script).is_absolute() else REPO_ROOT / script
     out, err, code = io.StringIO(), io.StringIO(), 0
     with ExitStack() as restore:
@@ -79,9 +82,10 @@ def run_in_process(script: str | Path, *args: str, env: dict | None = None) -> s
         restore.callback(os.chdir, os.getcwd())
         restore.callback(setattr, sys, "argv", sys.argv)
         restore.callback(_refill, sys.path, list(sys.path))  # the script prepends the repository root
-        for kept in (hints._given, data._UNVERIFIED_CIFAR):  # module state a fresh interpreter starts without
+        for kept in (hints._given, sources.UNVERIFIED_CIFAR, plugins._loaded):  # state a fresh interpreter lacks
             restore.callback(_refill, kept, kept.copy())
             kept.clear()
+        restore.enter_context(kept_registries())
         os.environ.update(env or {})
         if "OMP_NUM_THREADS" in (env or {}):
             torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
@@ -98,6 +102,18 @@ def run_in_process(script: str | Path, *args: str, env: dict | None = None) -> s
                 traceback.print_exc()
                 code = 1
     return subprocess.CompletedProcess([sys.executable, str(path), *args], code, out.getvalue(), err.getvalue())
+
+
+@contextmanager
+def kept_registries():
+    """Put the task, family and method registries back as they were: what a plug-in registers stays with its test."""
+    saved = [(r, dict(r.loaded()), dict(r.origins)) for r in (tasks._TASKS, families._FAMILIES, registry._METHODS)]
+    try:
+        yield
+    finally:
+        for r, contents, origins in saved:
+            _refill(r, contents)
+            _refill(r.origins, origins)
 
 
 @pytest.fixture(autouse=True)

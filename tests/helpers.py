@@ -42,14 +42,14 @@ def single_thread():
 
 def build_model(arch: str, task: str) -> torch.nn.Module:
     """A freshly initialised model of `--arch arch` (from torch's global RNG)."""
-    from bayestda import families
+    from bayestda.models import families
 
     return families.of_arch(arch).build({"arch": arch, "task": task})
 
 
 def init_model(arch: str, task: str, init_seed: int) -> torch.nn.Module:
     """A model's initial weights as training draws them, a function of `init_seed` only."""
-    from bayestda.training import seeded_init
+    from bayestda.core.seeds import seeded_init
 
     return seeded_init(init_seed, lambda: build_model(arch, task))
 
@@ -97,9 +97,9 @@ def write_synthetic(
 ):
     """Score files whose τ = signal(pair) + seed noise + checkpoint noise, of a 15-epoch run (a one-per-seed
     method, `tracin-*`: one τ per seed, at epoch 15)."""
+    from bayestda.artifacts.scores import save_scores
+    from bayestda.core.paths import score_file
     from bayestda.methods import registry
-    from bayestda.paths import score_file
-    from bayestda.scores import save_scores
 
     rng = np.random.default_rng(rng_seed)
     train_idx, test_idx = np.arange(100, 100 + n_train), np.arange(7, 7 + n_test) * 3
@@ -109,7 +109,8 @@ def write_synthetic(
         for s in seeds:
             tau = (i + 1) * signal + rng.normal(size=(n_train, n_test)) + 0.1 * rng.normal(size=(k, n_train, n_test))
             save_scores(score_file(out_root, model, m, "mnist3", 10, s), torch.tensor(tau), train_idx, test_idx,
-                        list(range(16 - k, 16)), s, m, {"checkpoint_config": run_config(model, s)})  # fmt: skip
+                        list(range(16 - k, 16)), s, m, {"checkpoint_config": run_config(model, s)},
+                        registry.helps_sign(m))  # fmt: skip
     return train_idx, test_idx
 
 

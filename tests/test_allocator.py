@@ -1,4 +1,4 @@
-"""bayestda.allocator: glibc keeps freed blocks for reuse, so training steps stop faulting in fresh pages, and
+"""bayestda.core.allocator: glibc keeps freed blocks for reuse, so training steps stop faulting in fresh pages, and
 nothing computed changes."""
 
 import json
@@ -10,8 +10,8 @@ from multiprocessing import get_context
 
 import pytest
 
-from bayestda import allocator
-from bayestda.methods import loo
+from bayestda.core import allocator
+from bayestda.runs import retrains
 
 glibc = pytest.mark.skipif(allocator.glibc() is None, reason="needs glibc's mallopt")
 
@@ -20,9 +20,10 @@ glibc = pytest.mark.skipif(allocator.glibc() is None, reason="needs glibc's mall
 STEPS = """
 import json, resource, sys, torch
 from torch.nn import functional as F
-from bayestda.allocator import retain_freed_memory
+from bayestda.core.allocator import retain_freed_memory
 from bayestda.models import cnn
-from bayestda.training import fast_layout, seeded_init
+from bayestda.core.seeds import seeded_init
+from bayestda.training.loop import fast_layout
 applied = retain_freed_memory()
 torch.set_num_threads(1)
 model = seeded_init(0, lambda: cnn.build({"arch": "cnn2", "task": "mnist3"}))
@@ -63,7 +64,7 @@ def test_retained_memory_stops_page_faults_and_changes_no_bit():
 
 def test_defaults_env_turns_it_off():
     env = {**os.environ, allocator.DEFAULTS_ENV: "1"}
-    code = "from bayestda.allocator import retain_freed_memory as r; print(r())"
+    code = "from bayestda.core.allocator import retain_freed_memory as r; print(r())"
     assert (
         subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "False"
     )
@@ -73,9 +74,9 @@ def test_defaults_env_turns_it_off():
 def test_loo_workers_apply_it():
     """LOO's spawned workers are fresh interpreters that never pass through cli.run: their initializer applies it."""
     with ProcessPoolExecutor(
-        1, mp_context=get_context("spawn"), initializer=loo._init_worker, initargs=(None, os.getpid())
+        1, mp_context=get_context("spawn"), initializer=retrains._init_worker, initargs=(None, os.getpid())
     ) as pool:
-        assert pool.submit(eval, "__import__('bayestda.allocator').allocator._applied").result() is True
+        assert pool.submit(eval, "__import__('bayestda.core.allocator').core.allocator._applied").result() is True
 
 
 # `churn(size, count)`: `count` blocks of `size` bytes, all live at once and written, then all freed; the minor page
@@ -83,7 +84,7 @@ def test_loo_workers_apply_it():
 # list) would pin the heap's top and make trimming depend on the layout.
 CHURN_SETUP = """
 import ctypes, json, resource
-from bayestda.allocator import glibc, keep_freed, retain_freed_memory, reuse_large_blocks
+from bayestda.core.allocator import glibc, keep_freed, retain_freed_memory, reuse_large_blocks
 retain_freed_memory()
 libc = glibc()
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

@@ -10,14 +10,17 @@ import pytest
 import torch
 from helpers import SEEDS, run_config, write_synthetic
 
-from bayestda import checkpoints, ensemble, hints
-from bayestda.data import load_split
-from bayestda.errors import UserError
-from bayestda.io import atomic_write_json
-from bayestda.methods.samples import load_seed_samples
-from bayestda.paths import checkpoint_file, metrics_file, score_file, seed_model_dir
-from bayestda.scores import save_scores
-from bayestda.statistics import load_experiment
+from bayestda.analysis.statistics import load_experiment
+from bayestda.artifacts import checkpoints
+from bayestda.artifacts.scores import save_scores
+from bayestda.core import hints
+from bayestda.core.errors import UserError
+from bayestda.core.io import atomic_write_json
+from bayestda.core.paths import checkpoint_file, metrics_file, score_file, seed_model_dir
+from bayestda.data.subsets import load_split
+from bayestda.runs import ensemble
+from bayestda.runs.samples import load_seed_samples
+from bayestda.training.recipe import RecipeOptions
 
 REMAKE_GD_3 = "python tda_cnn_scripts/gd.py --model cnn --task mnist3 --num_per_class 10 --seed_id 3 --overwrite"
 
@@ -32,7 +35,7 @@ def _rewrite(path, **changes):
     """Write the score file at `path` again with some of its fields changed."""
     rec = {**torch.load(path, weights_only=True), **changes}
     save_scores(path, rec["scores"], rec["train_idx"], rec["test_idx"], rec["ckpt_epochs"], rec["seed"], rec["method"],
-                rec["config"])  # fmt: skip
+                rec["config"], rec["sign"])  # fmt: skip
 
 
 BAD_SCORE_FILES = {  # how gd's score file of seed 3 is spoilt -> what the message says
@@ -143,7 +146,7 @@ def test_retrain_command_names_the_seed_line_or_says_what_is_missing(tmp_path):
 def trained(tmp_path_factory, data_root):
     """Seeds 0 and 1 of cnn MNIST3-10pc, 6 epochs."""
     out = tmp_path_factory.mktemp("trained")
-    spec = ensemble.EnsembleSpec("mnist3", 10, epochs=6)
+    spec = ensemble.EnsembleSpec("mnist3", 10, recipe=RecipeOptions(epochs=6))
     ensemble.train_ensemble(spec, [0, 1], data_root, out, "cpu")
     return out
 
@@ -192,7 +195,7 @@ def test_a_seed_folder_that_is_not_one_readable_run_is_refused_by_steps_1_and_2(
     with pytest.raises(UserError) as err:  # step 2
         load_seed_samples("cnn", "mnist3", 10, 0, run_dir, data_root)
     assert needle in _one_line(err) and RETRAIN_0 in str(err.value)
-    spec = ensemble.EnsembleSpec("mnist3", 10, epochs=6)
+    spec = ensemble.EnsembleSpec("mnist3", 10, recipe=RecipeOptions(epochs=6))
     with pytest.raises(UserError) as err:  # step 1: not "already trained, skipped"
         ensemble.train_ensemble(spec, [0], data_root, run_dir, "cpu")
     assert needle in _one_line(err) and RETRAIN_0 in str(err.value)
@@ -202,7 +205,7 @@ def test_a_seed_folder_that_is_not_one_readable_run_is_refused_by_steps_1_and_2(
 
 def test_retraining_with_another_run_length_leaves_no_old_checkpoint(run_dir, data_root):
     seed_dir = seed_model_dir(run_dir, "cnn", "mnist3", 10, 0)
-    ensemble.train_ensemble(ensemble.EnsembleSpec("mnist3", 10, epochs=4), [0], data_root, run_dir, "cpu",
+    ensemble.train_ensemble(ensemble.EnsembleSpec("mnist3", 10, recipe=RecipeOptions(epochs=4)), [0], data_root, run_dir, "cpu",
                             overwrite=True)  # fmt: skip
     assert sorted(p.name for p in seed_dir.iterdir()) == ["ckpt_epoch_1.pt", "ckpt_epoch_2.pt", "ckpt_epoch_3.pt",
                                                           "ckpt_epoch_4.pt", "metrics.json"]  # fmt: skip

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bayestda.paths import REPO_ROOT
+from bayestda.core.paths import REPO_ROOT
 
 SCRIPTS = sorted((REPO_ROOT / "bench").glob("bench_*.py"))
 

@@ -1,11 +1,11 @@
-"""bayestda.cli: every step computes in IEEE float32 unless TF32 is asked for."""
+"""bayestda.core.cli: every step computes in IEEE float32 unless TF32 is asked for."""
 
 import pytest
 import torch
 from helpers import kept_fp32_precision
 
-from bayestda.cli import ALLOW_TF32_ENV, resolve_device
-from bayestda.paths import REPO_ROOT
+from bayestda.core.cli import ALLOW_TF32_ENV, resolve_device
+from bayestda.core.paths import REPO_ROOT
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_a_script_run_in_process_leaves_the_process_as_it_found_it(run_script, t
     a shell would, and puts back what the script changed for the whole process."""
     import os
 
-    from bayestda import hints
+    from bayestda.core import hints
 
     env, given, threads = dict(os.environ), dict(hints._given), torch.get_num_threads()
     proc = run_script("train_cnn.py", "--task", "mnist3", "--num_per_class", "10", "--subsets", "paper",

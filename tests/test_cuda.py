@@ -14,11 +14,12 @@ import pytest
 import torch
 from helpers import single_thread
 
-from bayestda.cli import resolve_device
-from bayestda.ensemble import EnsembleSpec, train_ensemble
+from bayestda.core.cli import resolve_device
+from bayestda.core.paths import score_file, seed_model_dir
 from bayestda.methods.cli import parse_method_args
 from bayestda.methods.runner import run_method
-from bayestda.paths import score_file, seed_model_dir
+from bayestda.runs.ensemble import EnsembleSpec, train_ensemble
+from bayestda.training.recipe import RecipeOptions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -113,7 +114,7 @@ def test_cnn_training_on_cuda_follows_the_cpu_run(cnn_trained, run_script, tmp_p
 @pytest.fixture(scope="module")
 def vit_trained(tmp_path_factory, tiny_vit_dir, data_root):
     out = tmp_path_factory.mktemp("vit_cpu")
-    spec = EnsembleSpec("mnist3", 10, "vit", epochs=3, model_name_or_path=str(tiny_vit_dir))
+    spec = EnsembleSpec("mnist3", 10, "vit", recipe=RecipeOptions(epochs=3), model_name_or_path=str(tiny_vit_dir))
     with single_thread():
         train_ensemble(spec, [0], data_root, out, torch.device("cpu"))
     return out

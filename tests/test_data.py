@@ -9,9 +9,11 @@ import pytest
 import torch
 from torchvision import transforms
 
-from bayestda import data
-from bayestda.errors import UserError
-from bayestda.paths import REPO_ROOT
+from bayestda.core.errors import UserError
+from bayestda.core.paths import REPO_ROOT
+from bayestda.data import sources
+from bayestda.data import subsets as data
+from bayestda.data.tasks import get_task
 
 
 def committed(task, name):
@@ -19,7 +21,7 @@ def committed(task, name):
 
 
 def check_subsets(task, root):
-    spec = data.get_task(task)
+    spec = get_task(task)
     _, train_labels = data.load_split(task, True, root)
     _, test_labels = data.load_split(task, False, root)
     previous = set()
@@ -51,7 +53,7 @@ def test_cifar10_subsets_balanced_nested_and_labelled(cifar_root):
 def test_cifar10_subsets_use_only_exactly_reproduced_images():
     for name in [f"train_subset_{n}pc.txt" for n in data.SUBSET_SIZES] + ["test_subset.txt"]:
         idx = committed("cifar10", name)
-        assert (idx % data.CIFAR_BATCH_SIZE < data.CIFAR_EXACT_PER_BATCH).all(), name
+        assert (idx % sources.CIFAR_BATCH_SIZE < sources.CIFAR_EXACT_PER_BATCH).all(), name
 
 
 @pytest.mark.parametrize("task", ["mnist3", "cifar10"])
@@ -108,7 +110,7 @@ def _fake_cifar(root, n_per_batch=4):
 def test_mnist_files_read_as_torchvision_reads_them(data_root, train):
     from torchvision.datasets import MNIST
 
-    images, labels = data._load_mnist(data_root, train)
+    images, labels = sources.mnist(train, data_root)
     ref = MNIST(str(data_root), train=train, download=False)
     assert images.dtype == ref.data.numpy().dtype and labels.dtype == ref.targets.numpy().dtype
     assert np.array_equal(images, ref.data.numpy()) and np.array_equal(labels, ref.targets.numpy())
@@ -116,21 +118,21 @@ def test_mnist_files_read_as_torchvision_reads_them(data_root, train):
 
 def test_unverified_cifar_copy_loads_with_a_warning(tmp_path, capfd):
     _fake_cifar(tmp_path)
-    images, labels = data._load_cifar10(tmp_path, train=True)
+    images, labels = sources.cifar10(True, tmp_path)
     assert images.shape == (20, 32, 32, 3) and labels.tolist() == [0, 1, 2, 3] * 5
     assert "UNVERIFIED" in capfd.readouterr().err
 
 
 def test_missing_dataset_says_where_it_looked_and_what_to_do(tmp_path):
     with pytest.raises(UserError, match=r"MNIST not found: looked for .*MNIST.*raw.*BAYESTDA_DATA_ROOT"):
-        data._load_mnist(tmp_path, train=True)
+        sources.mnist(True, tmp_path)
     with pytest.raises(UserError, match=r"CIFAR-10 not found: .*build_cifar10.py"):
-        data._load_cifar10(tmp_path / "nothing", train=True)
+        sources.cifar10(True, tmp_path / "nothing")
 
 
 def test_unknown_task_and_missing_subset_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown task"):
-        data.get_task("mnist10")
+        get_task("mnist10")
     with pytest.raises(
         UserError, match=r"no training subset with 15 per class .*make_subsets.py --task mnist3 --num_per_class 15"
     ):
@@ -148,6 +150,6 @@ def test_cifar10_subset_pixels_equal_the_exact_reference(cifar_root):
     for split, name in [(True, "train_subset_60pc.txt"), (False, "test_subset.txt")]:
         images, _ = data.load_split("cifar10", split, cifar_root)
         for i in committed("cifar10", name):
-            batch = f"data_batch_{i // data.CIFAR_BATCH_SIZE + 1}" if split else "test_batch"
-            exact = ref[f"{batch}_exact_prefix"][i % data.CIFAR_BATCH_SIZE].reshape(3, 32, 32).transpose(1, 2, 0)
+            batch = f"data_batch_{i // sources.CIFAR_BATCH_SIZE + 1}" if split else "test_batch"
+            exact = ref[f"{batch}_exact_prefix"][i % sources.CIFAR_BATCH_SIZE].reshape(3, 32, 32).transpose(1, 2, 0)
             assert np.array_equal(images[i], exact)

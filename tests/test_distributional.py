@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bayestda import distributional as dist
-from bayestda.errors import UserError
-from bayestda.statistics import Experiment, pair_stats
+from bayestda.analysis import distributional as dist
+from bayestda.analysis.statistics import Experiment, pair_stats
+from bayestda.core.errors import UserError
 
 SEEDS, CKPTS, N, M = 6, 5, 12, 7
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy import stats
 
-from bayestda import lds
-from bayestda.statistics import Experiment
-from bayestda.subset_retrains import SubsetRetrains, draw_subsets
+from bayestda.analysis import lds
+from bayestda.analysis.statistics import Experiment
+from bayestda.runs.subset_retrains import SubsetRetrains, draw_subsets
 
 S, N, M_TEST, M_SUBSETS = 6, 20, 15, 40
 

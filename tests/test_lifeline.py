@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bayestda import io
-from bayestda.paths import REPO_ROOT
+from bayestda.core import io
+from bayestda.core.paths import REPO_ROOT
 
 
 def _proc_table() -> dict[int, tuple[int, str]]:
@@ -147,7 +147,7 @@ def test_a_writing_process_s_own_temp_file_is_not_stale(tmp_path):
 def test_a_killed_writer_s_temp_file_is_cleaned_on_the_next_run(tmp_path):
     script = (
         "import os, sys, time\n"
-        "from bayestda import io\n"
+        "from bayestda.core import io\n"
         "def write(f):\n"
         "    f.write(b'half'); f.flush(); print('writing', flush=True); time.sleep(60)\n"
         "io.atomic_write(sys.argv[1], write)\n"

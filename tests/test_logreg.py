@@ -8,11 +8,12 @@ import shutil
 import pytest
 import torch
 
-from bayestda import families
-from bayestda.ensemble import EnsembleSpec, train_ensemble
+from bayestda.core.paths import read_seeds, score_file
 from bayestda.methods import registry
 from bayestda.methods.runner import run_method
-from bayestda.paths import read_seeds, score_file
+from bayestda.models import families
+from bayestda.runs.ensemble import EnsembleSpec, train_ensemble
+from bayestda.training.recipe import RecipeOptions
 
 SEEDS = read_seeds()[:2]
 
@@ -21,7 +22,7 @@ SEEDS = read_seeds()[:2]
 def scored(tmp_path_factory, data_root):
     """Two logreg seeds at MNIST3-10pc, 4 epochs, scored by every registered method with its defaults."""
     out = tmp_path_factory.mktemp("logreg")
-    train_ensemble(EnsembleSpec("mnist3", 10, "logreg", epochs=4), SEEDS, data_root, out, "cpu")
+    train_ensemble(EnsembleSpec("mnist3", 10, "logreg", recipe=RecipeOptions(epochs=4)), SEEDS, data_root, out, "cpu")
     for name in registry.score_names():
         opts = registry.get(name).default_options(name)
         if hasattr(opts, "workers"):

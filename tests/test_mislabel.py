@@ -13,15 +13,19 @@ from helpers import single_thread
 from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
-from bayestda import families, label_noise, mislabel
-from bayestda.data import load_subset
-from bayestda.ensemble import EnsembleSpec, train_ensemble
-from bayestda.errors import UserError
-from bayestda.methods import loo
-from bayestda.methods.samples import load_seed_samples
-from bayestda.paths import REPO_ROOT, self_influence_file
-from bayestda.posterior import label_noise_of, model_name, parse_model_name
-from bayestda.training import evaluate
+from bayestda.analysis import mislabel
+from bayestda.core.errors import UserError
+from bayestda.core.paths import REPO_ROOT, self_influence_file
+from bayestda.data import label_noise
+from bayestda.data.subsets import load_subset
+from bayestda.models import families
+from bayestda.runs import retrains
+from bayestda.runs.ensemble import EnsembleSpec, train_ensemble
+from bayestda.runs.samples import load_seed_samples
+from bayestda.training.loop import evaluate
+from bayestda.training.losses import CROSS_ENTROPY
+from bayestda.training.posterior import label_noise_of, model_name, parse_model_name
+from bayestda.training.recipe import RecipeOptions
 
 SEEDS = [0, 1]
 
@@ -59,7 +63,9 @@ def test_model_names_carry_the_noise_and_the_posterior():
 def noisy_run(tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("noisy")
     with single_thread():
-        train_ensemble(EnsembleSpec("mnist3", 10, epochs=2, label_noise=0.1), SEEDS, data_root, out, "cpu")
+        train_ensemble(
+            EnsembleSpec("mnist3", 10, recipe=RecipeOptions(epochs=2), label_noise=0.1), SEEDS, data_root, out, "cpu"
+        )
         mislabel.run_self_influence(["gd", "loo-scratch"], "cnn-noisy10", "mnist3", 10, SEEDS, out, data_root, "cpu")
     return out
 
@@ -75,10 +81,10 @@ def test_the_recorded_flips_are_the_labels_trained_on_and_scored(noisy_run, data
     rec = torch.load(self_influence_file(noisy_run, "cnn-noisy10", "loo-scratch", "mnist3", 10, 0),
                      weights_only=True)  # fmt: skip
     assert rec["config"]["diagnostics"][0]["max_abs_full_retrain_minus_checkpoint_test_loss"] < 1e-5
-    ctx = loo.retrain_context("scratch", dataclasses.replace(samples, train=clean), "cpu")
+    ctx = retrains.retrain_context(dataclasses.replace(samples, train=clean), "cpu")
     with single_thread():
-        replay = loo.run_retrains(ctx, [loo.Retrain(None, zero_weight=False)], 1, "")[0][-1]
-        last = evaluate(list(samples.models())[-1], samples.test)[0]
+        replay = retrains.run_retrains(ctx, [retrains.Retrain(None, zero_weight=False)], 1, "")[0][-1]
+        last = evaluate(list(samples.models())[-1], samples.test, CROSS_ENTROPY)[0]
     assert (replay - last).abs().max() > 1e-3
 
 
@@ -145,7 +151,7 @@ def test_the_step_reads_the_files_and_refuses_a_clean_run(noisy_run, tmp_path, d
     with pytest.raises(UserError, match=r"no self-influence of trak for seeds 0, 1 .* python self_influence.py"):
         mislabel.write_mislabel("cnn-noisy10", "mnist3", 10, ["gd", "trak"], SEEDS, noisy_run)
     with single_thread():
-        train_ensemble(EnsembleSpec("mnist3", 10, epochs=1), SEEDS, data_root, tmp_path, "cpu")
+        train_ensemble(EnsembleSpec("mnist3", 10, recipe=RecipeOptions(epochs=1)), SEEDS, data_root, tmp_path, "cpu")
         mislabel.run_self_influence(["gd"], "cnn", "mnist3", 10, SEEDS, tmp_path, data_root, "cpu")
     with pytest.raises(UserError, match="trained on clean labels, so there is nothing to detect"):
         mislabel.write_mislabel("cnn", "mnist3", 10, ["gd"], SEEDS, tmp_path)

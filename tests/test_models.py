@@ -5,7 +5,7 @@ import torch
 from helpers import build_model, num_parameters, one_line_error
 from torch.nn import functional as F
 
-from bayestda.errors import UserError
+from bayestda.core.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -61,9 +61,9 @@ def test_cnn3_is_the_papers_three_layer_net(task, shape, convs):
 
 def test_runs_of_the_earlier_cnn3_are_refused(tmp_path):
     """A checkpoint, a finished run and a score file of the earlier cnn3 (no `net` in the config) say to retrain."""
-    from bayestda.checkpoints import read_checkpoint, save_checkpoint, seed_is_complete
-    from bayestda.io import atomic_write_json
-    from bayestda.scores import load_scores, save_scores
+    from bayestda.artifacts.checkpoints import read_checkpoint, save_checkpoint, seed_is_complete
+    from bayestda.artifacts.scores import load_scores, save_scores
+    from bayestda.core.io import atomic_write_json
 
     config = {"family": "cnn", "model": "cnn3", "arch": "cnn3", "task": "mnist3", "num_per_class": 50, "seed": 0}
     model = build_model("cnn2", "mnist3")
@@ -77,21 +77,21 @@ def test_runs_of_the_earlier_cnn3_are_refused(tmp_path):
     with pytest.raises(UserError, match="earlier cnn3"):
         seed_is_complete(tmp_path, {**config, "net": "NetBWThree"})
     score_path = tmp_path / "0.pt"
-    save_scores(score_path, torch.zeros(1, 2, 3), [0, 1], [0, 1, 2], [15], 0, "gd", {"checkpoint_config": config})
+    save_scores(score_path, torch.zeros(1, 2, 3), [0, 1], [0, 1, 2], [15], 0, "gd", {"checkpoint_config": config}, 1)
     with pytest.raises(UserError, match=r"earlier cnn3.*recompute the scores"):
         load_scores(score_path)
     # The same files of a current cnn3 run load.
     current = {**config, "net": "NetBWThree"}
     save_checkpoint(path, build_model("cnn3", "mnist3"), torch.optim.Adam(model.parameters()), current)
     assert read_checkpoint(path)["config"] == current
-    save_scores(score_path, torch.zeros(1, 2, 3), [0, 1], [0, 1, 2], [15], 0, "gd", {"checkpoint_config": current})
+    save_scores(score_path, torch.zeros(1, 2, 3), [0, 1], [0, 1, 2], [15], 0, "gd", {"checkpoint_config": current}, 1)
     assert load_scores(score_path)["method"] == "gd"
 
 
 def test_step_two_on_an_earlier_cnn3_run_says_to_retrain(run_script, tmp_path):
-    from bayestda.checkpoints import save_checkpoint
-    from bayestda.io import atomic_write_json
-    from bayestda.paths import checkpoint_file, seed_model_dir
+    from bayestda.artifacts.checkpoints import save_checkpoint
+    from bayestda.core.io import atomic_write_json
+    from bayestda.core.paths import checkpoint_file, seed_model_dir
 
     config = {"family": "cnn", "model": "cnn3", "arch": "cnn3", "task": "mnist3", "num_per_class": 10, "seed": 0,
               "epochs": 15}  # fmt: skip

@@ -9,9 +9,10 @@ import pytest
 import torch
 from helpers import one_line_error
 
-from bayestda import data
-from bayestda.errors import UserError
-from bayestda.paths import REPO_ROOT, results_dir, score_file, seed_model_dir
+from bayestda.core.errors import UserError
+from bayestda.core.paths import REPO_ROOT, results_dir, score_file, seed_model_dir
+from bayestda.data import sources
+from bayestda.data import subsets as data
 from bayestda.pipeline.graph import ExperimentSpec, build_graph
 
 SHARED_PAPER_SUBSETS = REPO_ROOT.parent / "shared" / "paper_subsets"
@@ -64,7 +65,7 @@ def test_cifar10_paper_subsets_warn_with_class_counts_and_jpeg_images(paper_dir,
     assert f"cifar10 10pc train subset is unbalanced, as in the original code (class: count {expected})" in err
     approx = int((sub.idx.numpy() % 10_000 >= 761).sum())  # outside the exact prefix of their batch
     jpeg = f"{approx} of the 100 images of the paper's cifar10 10pc train subset are JPEG-approximate"
-    assert (jpeg in err) == (cifar_root.resolve() in data._UNVERIFIED_CIFAR)  # said for the offline copy only
+    assert (jpeg in err) == (sources.unverified_cifar10(cifar_root))  # said for the offline copy only
     # A balanced file warns about nothing but the JPEG images.
     check_split("cifar10", "train", 20, cifar_root)
     assert "unbalanced" not in capfd.readouterr().err

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayestda.paths import read_seeds
-from bayestda.report import common_share, common_shift, compare_experiments, compute_time, stable_pair_profile
-from bayestda.scores import save_scores
+from bayestda.analysis.report import common_share, common_shift, compare_experiments, compute_time, stable_pair_profile
+from bayestda.artifacts.scores import save_scores
+from bayestda.core.paths import read_seeds
+from bayestda.methods import registry
 
 
 def _write(res, method, k, p, mu, train_idx, test_idx):
@@ -91,7 +92,7 @@ def test_common_shift_reads_every_seed_score_file(tmp_path):
     taus = [rng.normal(size=(5, 4, 3)) + rng.normal(size=(5, 1, 3)) for _ in range(2)]
     for seed, tau in enumerate(taus):
         path = tmp_path / "tda_scores" / "cnn" / "loo-paper" / "mnist3_2pc" / f"{seed}.pt"
-        save_scores(path, tau, range(4), range(3), [11, 12, 13, 14, 15], seed, "loo-paper", {})
+        save_scores(path, tau, range(4), range(3), [11, 12, 13, 14, 15], seed, "loo-paper", {}, 1)
     for k in (5, 2):  # the last k checkpoints of each seed
         table = common_shift(tmp_path, "cnn", "mnist3", 2, ["loo-paper", "gd"], k)
         assert "| gd |" not in table  # no score files, no row
@@ -101,7 +102,17 @@ def test_common_shift_reads_every_seed_score_file(tmp_path):
 def test_compute_time_shows_peak_memory_only_where_recorded(tmp_path):
     def write(method, seed, config):
         path = tmp_path / "tda_scores" / "cnn" / method / "mnist3_2pc" / f"{seed}.pt"
-        save_scores(path, np.zeros((5, 4, 3)), range(4), range(3), [11, 12, 13, 14, 15], seed, method, config)
+        save_scores(
+            path,
+            np.zeros((5, 4, 3)),
+            range(4),
+            range(3),
+            [11, 12, 13, 14, 15],
+            seed,
+            method,
+            config,
+            registry.helps_sign(method),
+        )
 
     write("gd", 0, {"wall_time_s": 2.0})  # written before score files recorded memory
     write("gd", 1, {"wall_time_s": 4.0})
@@ -119,8 +130,8 @@ def test_fixed_sample_agreement_pairs_each_sample_with_the_truth_of_its_seed_and
     from helpers import write_synthetic
     from scipy import stats
 
-    from bayestda.report import fixed_sample_agreement
-    from bayestda.statistics import load_experiment
+    from bayestda.analysis.report import fixed_sample_agreement
+    from bayestda.analysis.statistics import load_experiment
 
     write_synthetic(tmp_path, methods=("loo-scratch", "if-paper", "tracin-cp"))
     exp = load_experiment("cnn", "mnist3", 10, tmp_path, ["loo-scratch", "if-paper", "tracin-cp"])
@@ -145,8 +156,8 @@ def test_sample_distance_is_a_per_sample_spearman_and_relative_error(tmp_path):
     from helpers import write_synthetic
     from scipy import stats
 
-    from bayestda.report import sample_distance
-    from bayestda.statistics import load_experiment
+    from bayestda.analysis.report import sample_distance
+    from bayestda.analysis.statistics import load_experiment
 
     write_synthetic(tmp_path, methods=("if-ggn", "if-ekfac", "gd"))
     exp = load_experiment("cnn", "mnist3", 10, tmp_path, ["if-ggn", "if-ekfac", "gd"])

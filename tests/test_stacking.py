@@ -4,10 +4,12 @@ import pytest
 import torch
 from helpers import init_model
 
-from bayestda.data import Subset, load_subset
-from bayestda.paths import REPO_ROOT
-from bayestda.stacking import ModelStack
-from bayestda.training import TrainConfig, batch_orders, evaluate, make_optimizer, train
+from bayestda.core.paths import REPO_ROOT
+from bayestda.data.subsets import Subset, load_subset
+from bayestda.training.loop import batch_orders, evaluate, train
+from bayestda.training.losses import CROSS_ENTROPY
+from bayestda.training.recipe import TrainConfig, make_optimizer
+from bayestda.training.stacking import ModelStack
 
 CFG = TrainConfig(epochs=3, batch_size=4)  # 11 samples: batches of 4, 4, 3
 
@@ -48,7 +50,7 @@ def test_training_a_stack_equals_training_each_model(data, mode):
             weight[j] = 0.0
         exclude = j if mode == "removed" else None
         train(model, make_optimizer(model, CFG), train_set, orders, CFG, sample_weight=weight, exclude=exclude,
-              on_epoch_end=lambda e, mod, o, _l, m=m: seen.__setitem__((m, e), evaluate(mod, test_set)[0]))  # fmt: skip
+              on_epoch_end=lambda e, mod, o, _l, m=m: seen.__setitem__((m, e), evaluate(mod, test_set, CROSS_ENTROPY)[0]))  # fmt: skip
 
     stack = ModelStack(models([9])[0], [m.state_dict() for m in models([0, 1, 2])])
     weight, exclude = None, None
@@ -59,7 +61,7 @@ def test_training_a_stack_equals_training_each_model(data, mode):
         exclude = torch.tensor([-1, 2, 7])
     stacked = {}
     train(stack, make_optimizer(stack, CFG), train_set, orders, CFG, sample_weight=weight, exclude=exclude,
-          on_epoch_end=lambda e, mod, o, _l: stacked.__setitem__(e, evaluate(mod, test_set)[0]))  # fmt: skip
+          on_epoch_end=lambda e, mod, o, _l: stacked.__setitem__(e, evaluate(mod, test_set, CROSS_ENTROPY)[0]))  # fmt: skip
 
     for m, model in enumerate(separate):
         state = stack.state(m)
@@ -84,7 +86,7 @@ def test_a_removal_that_empties_a_batch_is_refused(data):
 def test_per_model_orders_equal_training_each_model_on_its_own_order(data):
     """A stack whose models each visit their own positions (LDS subset retrains): each model equals a separate run
     on its order, and the forward pass on per-model batches is each model's forward."""
-    from bayestda.methods.loo import restrict_orders
+    from bayestda.runs.retrains import restrict_orders
 
     train_set, test_set = data
     full = batch_orders(11, CFG.epochs, 5)
@@ -93,7 +95,7 @@ def test_per_model_orders_equal_training_each_model_on_its_own_order(data):
     separate, seen = models([0, 0, 0]), {}
     for m, model in enumerate(separate):
         train(model, make_optimizer(model, CFG), train_set, orders[m], CFG,
-              on_epoch_end=lambda e, mod, o, _l, m=m: seen.__setitem__((m, e), evaluate(mod, test_set)[0]))  # fmt: skip
+              on_epoch_end=lambda e, mod, o, _l, m=m: seen.__setitem__((m, e), evaluate(mod, test_set, CROSS_ENTROPY)[0]))  # fmt: skip
     stack = ModelStack(models([9])[0], [m.state_dict() for m in models([0, 0, 0])])
     x = train_set.x[orders[:, 0, :4]]  # one batch per model
     out = stack(x, per_model=True)
@@ -101,7 +103,7 @@ def test_per_model_orders_equal_training_each_model_on_its_own_order(data):
         torch.testing.assert_close(out[m], model(x[m]), rtol=1e-12, atol=1e-12)
     stacked = {}
     train(stack, make_optimizer(stack, CFG), train_set, orders, CFG,
-          on_epoch_end=lambda e, mod, o, _l: stacked.__setitem__(e, evaluate(mod, test_set)[0]))  # fmt: skip
+          on_epoch_end=lambda e, mod, o, _l: stacked.__setitem__(e, evaluate(mod, test_set, CROSS_ENTROPY)[0]))  # fmt: skip
     for m in range(3):
         for e in range(1, CFG.epochs + 1):
             torch.testing.assert_close(stacked[e][m], seen[(m, e)], rtol=1e-10, atol=1e-12)

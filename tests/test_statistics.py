@@ -9,12 +9,12 @@ import torch
 from helpers import SEEDS, write_synthetic
 from scipy import stats
 
-from bayestda import statistics as st
-from bayestda.analysis import write_correlations, write_pvalues
-from bayestda.correlations import correlation_tables, pearson_matrix, spearman_matrix
-from bayestda.errors import UserError
+from bayestda.analysis import statistics as st
+from bayestda.analysis.correlations import correlation_tables, pearson_matrix, spearman_matrix
+from bayestda.analysis.results import write_correlations, write_pvalues
+from bayestda.core.errors import UserError
+from bayestda.core.paths import score_file
 from bayestda.methods.registry import PAPER_METHODS
-from bayestda.paths import score_file
 
 
 def known_mu_sigma(mu, sigma, n_seeds=10, rng_seed=1):
@@ -187,7 +187,7 @@ def test_scripts_end_to_end_and_bad_input(tmp_path, run_script):
 
 
 def test_checkpoint_counts_outside_the_score_files_are_refused_not_clamped(tmp_path):
-    from bayestda.report import experiment_report
+    from bayestda.analysis.report import experiment_report
 
     write_synthetic(tmp_path)
     exp = st.load_experiment("cnn", "mnist3", 10, tmp_path, list(PAPER_METHODS))
@@ -264,7 +264,7 @@ def test_the_results_page_shows_the_tables_and_every_figure(tmp_path):
 
 
 def test_the_report_refuses_steps_3_and_4_of_different_inputs(tmp_path):
-    from bayestda.report import check_results_agree
+    from bayestda.analysis.report import check_results_agree
 
     write_synthetic(tmp_path, methods=["gd", "gc"])
     two = st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "gc"])
@@ -287,7 +287,7 @@ def test_the_report_refuses_steps_3_and_4_of_different_inputs(tmp_path):
 def test_a_method_with_one_tau_per_seed_has_only_k_1_and_enters_step_4_with_it(tmp_path, capsys):
     """TracIn gives one τ per seed ([1, n, m] at the run's last epoch): step 3 has k = 1 only for it, step 4 at
     k = 5 correlates its single τ per seed with the others' 5-checkpoint means, and the outputs say so."""
-    from bayestda.report import console_summary, results_page
+    from bayestda.analysis.report import console_summary, results_page
 
     write_synthetic(tmp_path, methods=("gd", "loo-scratch", "tracin-cp"))
     exp = st.load_experiment("cnn", "mnist3", 10, tmp_path, ["gd", "loo-scratch", "tracin-cp"])

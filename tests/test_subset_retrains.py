@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import run_config
 
-from bayestda import subset_retrains as sr
-from bayestda.errors import UserError
-from bayestda.paths import subset_retrain_file
-from bayestda.statistics import Experiment
+from bayestda.analysis.statistics import Experiment
+from bayestda.core.errors import UserError
+from bayestda.core.paths import subset_retrain_file
+from bayestda.runs import subset_retrains as sr
 
 SEEDS, N, M_TEST, EPOCHS = [0, 1, 2], 6, 4, [11, 12, 13, 14, 15]
 OPTS = sr.SubsetRetrainOptions(lds_subsets=5, workers=1)

@@ -11,10 +11,13 @@ import pytest
 import torch
 from helpers import one_line_error
 
-from bayestda import checkpoints, ensemble, io
-from bayestda.data import load_subset
-from bayestda.errors import UserError
-from bayestda.paths import REPO_ROOT, checkpoint_file, metrics_file, seed_model_dir
+from bayestda.artifacts import checkpoints
+from bayestda.core import io
+from bayestda.core.errors import UserError
+from bayestda.core.paths import REPO_ROOT, checkpoint_file, metrics_file, seed_model_dir
+from bayestda.data.subsets import load_subset
+from bayestda.runs import ensemble
+from bayestda.training.recipe import RecipeOptions
 
 ARGS = ["--task", "mnist3", "--num_per_class", "10", "--epochs", "6", "--device", "cpu"]
 
@@ -66,7 +69,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_interrupted_run_is_refused_downstream_and_finished_on_rerun(data_root, tmp_path, monkeypatch):
     train_data = load_subset("mnist3", "train", 10, data_root, REPO_ROOT)
     test_data = load_subset("mnist3", "test", None, data_root, REPO_ROOT)
-    spec = ensemble.EnsembleSpec("mnist3", 10, epochs=6)
+    spec = ensemble.EnsembleSpec("mnist3", 10, recipe=RecipeOptions(epochs=6))
     seed_dir = seed_model_dir(tmp_path, "cnn", "mnist3", 10, 0)
     calls = {"n": 0}
     real_evaluate = ensemble.evaluate
@@ -96,7 +99,7 @@ def test_interrupted_run_is_refused_downstream_and_finished_on_rerun(data_root, 
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--task", "mnist10", "--num_per_class", "10"], ["invalid choice", "mnist10"]),
+        (["--task", "mnist10", "--num_per_class", "10"], ["unknown task 'mnist10'", "--plugin"]),
         (["--task", "mnist3", "--num_per_class", "15"], ["no training subset with 15 per class", "make_subsets.py"]),
         (["--task", "mnist3", "--num_per_class", "10", "--seed_id", "10"], ["--seed_id 10 is out of range", "0..9"]),
         (["--task", "mnist3", "--num_per_class", "10", "--seed_id", "-1"], ["out of range"]),

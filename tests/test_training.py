@@ -7,19 +7,13 @@ import torch
 from helpers import init_model
 
 from bayestda import load_checkpoint
-from bayestda.data import load_subset
-from bayestda.ensemble import EnsembleSpec, train_seed
-from bayestda.paths import REPO_ROOT, checkpoint_file
-from bayestda.posterior import posterior_seeds
-from bayestda.training import (
-    TrainConfig,
-    batch_loss,
-    batch_orders,
-    fast_layout,
-    make_optimizer,
-    per_sample_losses,
-    train,
-)
+from bayestda.core.paths import REPO_ROOT, checkpoint_file
+from bayestda.data.subsets import load_subset
+from bayestda.runs.ensemble import EnsembleSpec, train_seed
+from bayestda.training.loop import batch_loss, batch_orders, fast_layout, per_sample_losses, train
+from bayestda.training.losses import CROSS_ENTROPY
+from bayestda.training.posterior import posterior_seeds
+from bayestda.training.recipe import RecipeOptions, TrainConfig, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,7 @@ def test_posterior_modes_control_the_right_noise_source(mode, same_init, same_or
 def test_init_and_batch_streams_are_distinct():
     """Seed s drives both streams under `de`; they must not be the same random numbers."""
     gen_init = torch.Generator()
-    from bayestda.training import stream_seed
+    from bayestda.core.seeds import stream_seed
 
     assert stream_seed(7, "init") != stream_seed(7, "batch")
     gen_init.manual_seed(stream_seed(7, "init"))
@@ -99,7 +93,7 @@ def test_weighted_batch_loss():
 
 def test_checkpoint_round_trip_reproduces_logits(mnist10, tmp_path):
     train_data, test_data = mnist10
-    spec = EnsembleSpec("mnist3", 10, epochs=6)
+    spec = EnsembleSpec("mnist3", 10, recipe=RecipeOptions(epochs=6))
     metrics = train_seed(spec, 0, train_data, test_data, tmp_path, "cpu")
     model, config = load_checkpoint(checkpoint_file(tmp_path, 6))
     assert not model.training
@@ -123,8 +117,8 @@ def test_float64_losses_resolve_confident_predictions():
         model.weight.copy_(torch.tensor([[20.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
         model.bias.zero_()
     x, y = torch.tensor([[1.0, 0.0], [0.5, 0.0]]), torch.tensor([0, 0])
-    f32 = per_sample_losses(model, x, y)[0]
-    f64 = per_sample_losses(model, x, y, loss_dtype=torch.float64)[0]
+    f32 = per_sample_losses(model, x, y, CROSS_ENTROPY)[0]
+    f64 = per_sample_losses(model, x, y, CROSS_ENTROPY, loss_dtype=torch.float64)[0]
     logits = model(x).detach().double()
     reference = torch.log1p(torch.exp(logits[:, 1:] - logits[:, :1]).sum(1))  # log(1 + 2 e^-20), log(1 + 2 e^-10)
     assert f32[0] == 0 and f64.dtype == torch.float64

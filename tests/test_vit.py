@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bayestda.errors import UserError
+from bayestda.core.errors import UserError
 from bayestda.models.vit import ImageSpec, LoraSpec, build_vit
 
 

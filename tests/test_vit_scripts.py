@@ -9,12 +9,14 @@ import pytest
 import torch
 from helpers import one_line_error, single_thread
 
-from bayestda import families
-from bayestda.checkpoints import load_checkpoint, read_checkpoint, read_metrics
-from bayestda.data import load_subset, read_indices
-from bayestda.ensemble import EnsembleSpec, train_ensemble
-from bayestda.paths import REPO_ROOT, checkpoint_file, score_file, seed_model_dir
-from bayestda.training import evaluate
+from bayestda.artifacts.checkpoints import load_checkpoint, read_checkpoint, read_metrics
+from bayestda.core.paths import REPO_ROOT, checkpoint_file, score_file, seed_model_dir
+from bayestda.data.subsets import load_subset, read_indices
+from bayestda.models import families
+from bayestda.runs.ensemble import EnsembleSpec, train_ensemble
+from bayestda.training.loop import evaluate
+from bayestda.training.losses import CROSS_ENTROPY
+from bayestda.training.recipe import RecipeOptions
 
 COMMON = ["--task", "mnist3", "--num_per_class", "10", "--device", "cpu"]
 SCRIPTS = {  # method -> (script, extra flags)
@@ -32,7 +34,7 @@ SCRIPTS = {  # method -> (script, extra flags)
 def finetuned(tmp_path_factory, tiny_vit_dir, data_root):
     """Seeds 0 and 1 fine-tuned in this process for 5 epochs, single-threaded: (out_root, metrics of seed 0)."""
     out = tmp_path_factory.mktemp("vit")
-    spec = EnsembleSpec("mnist3", 10, "vit", epochs=5, model_name_or_path=str(tiny_vit_dir))
+    spec = EnsembleSpec("mnist3", 10, "vit", recipe=RecipeOptions(epochs=5), model_name_or_path=str(tiny_vit_dir))
     with single_thread():
         metrics = train_ensemble(spec, [0, 1], data_root, out, torch.device("cpu"))[0]
     return out, metrics
@@ -58,14 +60,16 @@ def test_checkpoints_hold_exactly_the_trainable_tensors_and_reload_exactly(finet
     reloaded, cfg = load_checkpoint(checkpoint_file(seed_dir, 5))
     test = load_subset("mnist3", "test", None, data_root, REPO_ROOT, pixels=True)
     with single_thread():
-        assert evaluate(reloaded, test)[0].mean().item() == metrics["epochs"][-1]["test_loss"]
+        assert evaluate(reloaded, test, CROSS_ENTROPY)[0].mean().item() == metrics["epochs"][-1]["test_loss"]
     assert cfg == {**config, "epoch": 5}
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_training_keeps_float32_weights(precision, finetuned, tiny_vit_dir, data_root, tmp_path):
     """The autocast path (GPU in practice; CPU runs it too): it trains, and checkpoints and scores stay float32."""
-    spec = EnsembleSpec("mnist3", 10, "vit", epochs=5, model_name_or_path=str(tiny_vit_dir), precision=precision)
+    spec = EnsembleSpec(
+        "mnist3", 10, "vit", recipe=RecipeOptions(epochs=5), model_name_or_path=str(tiny_vit_dir), precision=precision
+    )
     metrics = train_ensemble(spec, [0], data_root, tmp_path, torch.device("cpu"))[0]
     assert metrics["config"]["precision"] == precision
     assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in metrics["epochs"])
@@ -77,7 +81,7 @@ def test_mixed_precision_training_keeps_float32_weights(precision, finetuned, ti
 
 def test_finetuning_is_deterministic_and_resumable(finetuned, tiny_vit_dir, data_root, tmp_path):
     out, _ = finetuned
-    spec = EnsembleSpec("mnist3", 10, "vit", epochs=5, model_name_or_path=str(tiny_vit_dir))
+    spec = EnsembleSpec("mnist3", 10, "vit", recipe=RecipeOptions(epochs=5), model_name_or_path=str(tiny_vit_dir))
     assert train_ensemble(spec, [0], data_root, out, torch.device("cpu")) == {0: None}  # finished: skipped
     with single_thread():
         train_ensemble(spec, [0], data_root, tmp_path, torch.device("cpu"))
@@ -93,10 +97,10 @@ def test_tracin_replays_the_fine_tuning_exactly(finetuned, data_root):
     import dataclasses
     import itertools
 
-    from bayestda.data import Subset
-    from bayestda.errors import UserError
+    from bayestda.core.errors import UserError
+    from bayestda.data.subsets import Subset
     from bayestda.methods import tracin
-    from bayestda.methods.samples import load_seed_samples
+    from bayestda.runs.samples import load_seed_samples
 
     samples = load_seed_samples("vit", "mnist3", 10, 0, finetuned[0], data_root)
     test = samples.test
@@ -108,7 +112,7 @@ def test_tracin_replays_the_fine_tuning_exactly(finetuned, data_root):
     lrs = diagnostics["epoch_lrs"]
     assert len(lrs) == 5 and all(a > b > 0 for a, b in itertools.pairwise(lrs))  # linear decay, per step
     assert scores.shape == (1, 30, 20) and torch.isfinite(scores).all() and scores.abs().sum() > 0
-    with pytest.raises(UserError, match="tracin-ideal needs each step's inputs"):
+    with pytest.raises(UserError, match="tracin-ideal needs each step's gradients as the model took them"):
         tracin.score(samples, tracin.TracInOptions(kind="ideal", chunk=8), torch.device("cpu"))
 
 
@@ -150,8 +154,8 @@ def test_vit_scores_follow_the_contract(scored, method):
 
 def test_gd_script_equals_the_library_on_the_reloaded_checkpoint(scored, data_root):
     """The script's scores are the library's on `load_checkpoint`'s model (a cross-check of the plumbing)."""
-    from bayestda.func import FunctionalModel
     from bayestda.methods.grad_similarity import grad_dot_and_cos
+    from bayestda.models.func import FunctionalModel
 
     out, _ = scored("gd")
     model, _ = load_checkpoint(checkpoint_file(seed_model_dir(out, "vit", "mnist3", 10, 0), 3))
@@ -196,5 +200,5 @@ def test_help(script_help, script):
 def test_ud_refuses_the_vit_in_one_line(finetuned, run_script):
     out, _ = finetuned
     proc = run_script("tda_vit_scripts/ud.py", *COMMON, "--seed_id", "0", "--out_root", str(out))
-    one_line_error(proc, "random augmentation or dropout", "use the CNNs or logreg")
+    one_line_error(proc, "dropout or random augmentation", "use loo-scratch")
     assert not score_file(out, "vit", "ud", "mnist3", 10, 0).exists()

@@ -7,11 +7,12 @@ so a method's flags are declared once, in its options, and the CNN and ViT scrip
 
 from __future__ import annotations
 
-from .. import families
-from ..cli import Parser, add_common_args, resolve_device
-from ..errors import UserError
-from ..options import add_arguments, from_args
-from ..paths import resolve_data_root, resolve_out_root, select_seeds
+from ..core.cli import Parser, resolve_device
+from ..core.errors import UserError
+from ..core.options import add_arguments, from_args
+from ..core.paths import resolve_data_root, resolve_out_root, select_seeds
+from ..data.flags import add_common_args
+from ..models import families
 from . import registry
 from .runner import resolve_options, run_method
 

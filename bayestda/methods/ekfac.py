@@ -3,9 +3,9 @@ Grosse et al. 2023), the curvature of `if-ekfac` (`methods.influence`).
 
 The curvature is a mean of outer products of per-sample "pseudo-gradients" g_ik = J_iᵀ w_ik (J_i the Jacobian of
 sample i's logits), for one of two choices of the logit cotangents w (`FISHERS`):
-- `ggn`: the columns of L_i with L_i L_iᵀ = ∇²CE (k over the classes). Their mean is exactly the Gauss–Newton
+- `ggn`: the columns of L_i with L_i L_iᵀ = ∂²ℓ/∂f² (k over the classes; `training.losses`). Their mean is exactly the Gauss–Newton
   matrix G that `if-ggn` inverts, the true Fisher as an expectation over y ~ p (kronfluence samples one y).
-- `empirical`: w_i = p_i − e_{y_i}, the loss gradient: the empirical Fisher (kronfluence's `use_empirical_fisher`).
+- `empirical`: w_i = ∂ℓ/∂f (p_i − e_{y_i} for cross-entropy), the loss gradient: the empirical Fisher (kronfluence's `use_empirical_fisher`).
 
 Each layer is a weight W [out, in] (a bias is one more input, a constant 1; a conv's inputs are its unfolded
 patches), so a per-sample gradient is G_ik = Σ_t δ_ikt a_itᵀ over the layer's positions t: one for a Linear on
@@ -32,20 +32,21 @@ from torch import nn
 from torch.func import vjp, vmap
 from torch.nn import functional as F
 
-from ..data import Subset
-from ..errors import UserError
-from ..func import FunctionalModel, cross_entropy_hessian_factor, flatten, unflatten
+from ..core.errors import UserError
+from ..data.subsets import Subset
+from ..models.func import FunctionalModel, flatten, unflatten
+from ..training.losses import Loss
 
 FISHERS = ("ggn", "empirical")
 
 
-def cotangents(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+def cotangents(loss: Loss, logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     """[N, K, C] logit cotangents w_ik of the pseudo-gradients J_iᵀ w_ik: a curvature's (`FISHERS`), or `loss`
-    (the cross-entropy gradient itself, K = 1, as `empirical`)."""
+    (the loss gradient itself, K = 1, as `empirical`)."""
     if kind == "ggn":
-        return cross_entropy_hessian_factor(logits).transpose(1, 2)  # row k = column k of L
+        return loss.require("hessian_factor", "EK-FAC of the GGN")(logits).transpose(1, 2)  # row k = column k of L
     if kind in ("empirical", "loss"):
-        return (logits.softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype))[:, None]
+        return loss.grad(logits, y)[:, None]
     raise ValueError(f"unknown curvature {kind!r}; choose from {', '.join(FISHERS)}")
 
 
@@ -152,7 +153,9 @@ class LayerTaps:
 
         probes = {layer.name: x.new_zeros(len(x), *layer.out_shape) for layer in self.layers}
         logits, back, inputs = vjp(forward, probes, has_aux=True)
-        deltas = vmap(back, in_dims=1)(cotangents(logits.detach(), y, kind))[0]  # {name: [K, N, *output]}
+        deltas = vmap(back, in_dims=1)(cotangents(self.fm.loss_fn, logits.detach(), y, kind))[
+            0
+        ]  # {name: [K, N, *output]}
         return [(layer.inputs(inputs[layer.name]), layer.out_grads(deltas[layer.name])) for layer in self.layers]
 
     def to_blocks(self, flat: torch.Tensor) -> list[torch.Tensor]:

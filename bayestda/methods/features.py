@@ -6,8 +6,9 @@ the inner product (δ·δ')([a,1]·[a',1]), so no P-sized per-sample gradient is
 those layers. On the CNNs fc1 holds 205k of the 225k parameters. Other parameters (convolutions,
 LoRA on token sequences) stay dense.
 
-The per-sample scalars are `Jᵢᵀ wᵢ` for chosen output cotangents wᵢ: the loss gradient uses
-w = softmax − onehot, and the Gauss–Newton factor uses the columns of L with L Lᵀ = ∇²_logits CE.
+The per-sample scalars are `Jᵢᵀ wᵢ` for chosen output cotangents wᵢ: the loss gradient uses w = ∂ℓ/∂f
+(softmax − onehot for cross-entropy), and the Gauss–Newton factor uses the columns of L with L Lᵀ = ∂²ℓ/∂f²
+(`training.losses`).
 δ is obtained with torch.func by differentiating w.r.t. a zero "probe" added to each factored
 layer's output, and the layer input a is returned as an auxiliary output.
 """
@@ -19,9 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import grad, vmap
-from torch.nn import functional as F
 
-from ..func import FunctionalModel, flatten, margin, unflatten
+from ..models.func import FunctionalModel, flatten, unflatten
 
 
 @dataclass
@@ -154,12 +154,14 @@ class GradFeaturizer:
         return GradFeatures(dense_all, factors)
 
     def loss_grads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> GradFeatures:
-        """Per-sample cross-entropy gradients."""
-        return self._features(x, y, lambda logits, t: F.cross_entropy(logits[None], t[None]), False, chunk)
+        """Per-sample loss gradients (the model's loss, `FunctionalModel.loss_fn`)."""
+        loss = self.fm.loss_fn
+        return self._features(x, y, lambda logits, t: loss.mean(logits[None], t[None]), False, chunk)
 
     def margin_grads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> GradFeatures:
-        """Per-sample gradients of the margin log p_y − log(1 − p_y) (`func.margin`, TRAK's model output)."""
-        return self._features(x, y, margin, False, chunk)
+        """Per-sample gradients of TRAK's model output (the loss's `trak_output`: for cross-entropy the margin
+        log p_y − log(1 − p_y))."""
+        return self._features(x, y, self.fm.loss_fn.require("trak_output", "TRAK"), False, chunk)
 
     def jacobian_vector_grads(self, x: torch.Tensor, cotangents: torch.Tensor, chunk: int = 32) -> GradFeatures:
         """Gradients of wᵢₖ·f(xᵢ) for cotangents [N, K, C]: N·K rows, sample-major (row i·K + k)."""

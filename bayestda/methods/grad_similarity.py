@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..data import Subset
-from ..func import FunctionalModel
+from ..data.subsets import Subset
+from ..models.func import FunctionalModel
 from .features import GradFeaturizer, gram_with_test
 from .registry import MemoryOptions, Method, register
 

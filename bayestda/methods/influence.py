@@ -34,12 +34,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import families
-from ..allocator import keep_freed
-from ..data import Subset
-from ..errors import UserError
-from ..func import FunctionalModel, cross_entropy_hessian_factor
-from ..linalg import (
+from ..core.allocator import keep_freed
+from ..core.errors import UserError
+from ..core.options import option
+from ..data.subsets import Subset
+from ..models import families
+from ..models.func import FunctionalModel
+from . import ekfac, grad_similarity
+from .features import GradFeaturizer, gram_with_test
+from .linalg import (
     LISSA_FIXED_POINT_DAMPING,
     LISSA_KEEP_FREED,
     PAPER_LISSA,
@@ -48,9 +51,6 @@ from ..linalg import (
     lissa_batches,
     lissa_transposed,
 )
-from ..options import option
-from . import ekfac, grad_similarity
-from .features import GradFeaturizer, gram_with_test
 from .registry import HVPOptions, Method, register
 
 
@@ -121,8 +121,9 @@ def if_ggn(fm: FunctionalModel, train: Subset, test: Subset, damping: float, chu
     featurizer = GradFeaturizer(fm, train.x)
     try:
         with torch.no_grad():
-            factor = cross_entropy_hessian_factor(fm.logits(fm.params, train.x))  # L Lᵀ = ∇²CE per sample
-        # U's columns: J_iᵀ L_i[:, c] / √n, so that U Uᵀ = (1/n) Σ_i J_iᵀ ∇²CE_i J_i = G
+            hessian_factor = fm.loss_fn.require("hessian_factor", "IF's ggn solver")
+            factor = hessian_factor(fm.logits(fm.params, train.x))  # L Lᵀ = ∂²ℓ/∂f² per sample
+        # U's columns: J_iᵀ L_i[:, c] / √n, so that U Uᵀ = (1/n) Σ_i J_iᵀ (∂²ℓ_i/∂f²) J_i = G
         # C rows per sample, so chunk/8 samples make a vmapped call of 1.25·chunk rows on 10 classes
         u = featurizer.jacobian_vector_grads(
             train.x, factor.transpose(1, 2) / math.sqrt(len(train)), chunk=max(1, chunk // 8)

@@ -29,12 +29,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import families, hints
-from ..data import task_argv
-from ..errors import UserError
-from ..options import check, option
-from ..paths import score_file
-from ..plugins import Registry
+from ..core import hints
+from ..core.errors import UserError
+from ..core.options import check, option
+from ..core.paths import score_file
+from ..core.registry import Registry
+from ..data.tasks import task_argv
+from ..models import families
 
 PAPER_METHODS = ("loo-paper", "ats", "if-paper", "gd", "gc")  # the paper's five, in its order: steps 3–4's default
 
@@ -66,13 +67,6 @@ class HVPOptions(MemoryOptions):
         return dataclasses.replace(super().resolve_memory(family, on_gpu), hvp_chunk=hvp_chunk)
 
 
-def loss_dtype_option():
-    """The option of methods whose τ is a difference of test losses (`Method.loss_difference`)."""
-    return option("float32", "dtype of the test losses whose change is tau. float32 (as the paper) rounds a loss "
-                  "below ~1e-7 (a confident, correct prediction) to steps of 1.2e-7; float64 resolves it, from "
-                  "the same logits", choices=("float32", "float64"))  # fmt: skip
-
-
 @dataclass(frozen=True)
 class Method:
     name: str  # the step-2 script's stem; the score file's name, or its prefix if there are variants
@@ -84,7 +78,10 @@ class Method:
     one_per_seed: bool = False  # one τ per seed ([1, n, m], at the run's last epoch): steps 3–4 have only k = 1
     variant: str | None = None  # the options field that picks a variant (its choices name the score files)
     loss_difference: bool = False  # τ is a difference of two evaluated test losses (float32 resolution applies)
-    ground_truth: bool = False  # τ is measured by retraining, not approximated: what the others are judged against
+    retrained: bool = False  # τ is measured by retraining (every variant), not approximated
+    # The variants that are a ground truth, what the others are judged against, most preferred first (True: the
+    # method itself, or all its variants); `ground_truths` orders them
+    ground_truth: bool | tuple[str, ...] = False
     removal: Callable[[int], float] | None = None  # n -> factor: factor·τ predicts the loss change of removing z_j
 
     @property
@@ -120,6 +117,12 @@ class Method:
             opts = opts.resolve(family, on_gpu)
         return opts
 
+    def truths(self) -> list[str]:
+        """The score-file names of this method that are ground truths, most preferred first."""
+        if self.ground_truth is True:
+            return self.score_names()
+        return [f"{self.name}-{v}" if self.variant else self.name for v in self.ground_truth or ()]
+
     def script_argv(self, folder: str, score_name: str) -> list[str]:
         """The step-2 script of a score-file name, with the flag that picks its variant."""
         argv = [f"{folder}/{self.name}.py"]
@@ -132,17 +135,24 @@ def _field(cls, name: str) -> dataclasses.Field:
     return {f.name: f for f in dataclasses.fields(cls)}[name]
 
 
-_METHODS = Registry("bayestda.methods")
+_METHODS = Registry("bayestda.methods", "method")
 
 
 def register(method: Method) -> Method:
-    """Make a method known to every step (it replaces one of the same name)."""
+    """Make a method known to every step (it replaces one of the same name from the same module)."""
     if method.helps_sign not in (-1, 1):
         raise ValueError(f"{method.name}: helps_sign must be +1 or -1")
     if method.variant is not None and not method.variants:
         raise ValueError(f"{method.name}: the variant option {method.variant!r} needs choices")
-    _METHODS[method.name] = method
+    if bad := [v for v in method.truths() if v not in method.score_names()]:
+        raise ValueError(f"{method.name}: ground_truth names {bad}, which are not among its variants")
+    _METHODS.add(method.name, method)
     return method
+
+
+def origin(name: str) -> str | None:
+    """The plug-in that declared a method (of a script or score-file name), or None for the package's own."""
+    return _METHODS.origin(get(name).name)
 
 
 def all_methods() -> dict[str, Method]:
@@ -171,6 +181,17 @@ def get(name: str) -> Method:
 
 def helps_sign(score_name: str) -> int:
     return get(score_name).helps_sign
+
+
+def ground_truths(names: list[str] | None = None) -> list[str]:
+    """The ground truths among `names` (default: every score-file name), most preferred first: in registry order, each
+    method's in the order it declares (`loo-scratch`, then `loo-paired`)."""
+    every = [t for m in all_methods().values() for t in m.truths()]
+    return [t for t in every if names is None or t in names]
+
+
+def is_ground_truth(score_name: str) -> bool:
+    return score_name in get(score_name).truths()
 
 
 def label(score_name: str) -> str:

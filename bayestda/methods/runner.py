@@ -7,27 +7,23 @@ The method comes from the registry (`registry.py`): a per-checkpoint method is a
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
-
-try:
-    import resource  # Unix only
-except ImportError:  # pragma: no cover
-    resource = None
 
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__, families
-from ..data import Subset
-from ..errors import UserError
-from ..func import FunctionalModel
-from ..io import remove_stale_temp_files
-from ..paths import score_file
-from ..scores import save_scores
+from ..artifacts.scores import save_scores
+from ..core import __version__, plugins
+from ..core.errors import UserError
+from ..core.io import remove_stale_temp_files
+from ..core.paths import score_file
+from ..core.usage import peak_memory_gib
+from ..data.subsets import Subset
+from ..models import families
+from ..models.func import FunctionalModel
+from ..runs.samples import SeedSamples, load_seed_samples
 from . import registry
-from .samples import SeedSamples, load_seed_samples
 
 
 def _on(subset: Subset, device, dtype) -> Subset:
@@ -39,6 +35,7 @@ def per_checkpoint(samples: SeedSamples, device, dtype, score_fn, desc: str, mem
 
     `memory` sets the FunctionalModel's vmap chunks (`chunk`, `hvp_chunk`)."""
     train, test = _on(samples.train, device, dtype), _on(samples.test, device, dtype)
+    loss = families.loss(samples.configs[0])
     scores, diags = [], []
     for epoch, model in zip(
         samples.epochs,
@@ -46,7 +43,7 @@ def per_checkpoint(samples: SeedSamples, device, dtype, score_fn, desc: str, mem
         strict=True,
     ):
         try:
-            s, d = score_fn(FunctionalModel(model, **memory), train, test)
+            s, d = score_fn(FunctionalModel(model, **memory, loss=loss), train, test)
         except UserError as exc:
             raise UserError(f"{desc} seed {samples.seed}, checkpoint of epoch {epoch}: {exc}") from None
         scores.append(s.detach().float().cpu())
@@ -78,19 +75,6 @@ def resolve_options(score_name: str, model: str, device, opts=None):
     return method.resolve(opts, families.of_model(model), device)
 
 
-def peak_memory_gib(device) -> dict:
-    """Peak memory of this process so far: resident (with its finished worker processes, e.g. LOO's) and,
-    on a GPU, torch's allocations. Recorded in every score file, so an experiment's memory is known."""
-    peak = {}
-    if resource is not None:
-        scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
-        rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        peak["rss"] = round(rss / scale, 3)
-    if torch.device(device).type == "cuda":
-        peak["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    return peak
-
-
 def run_method(score_name: str, model: str, task: str, num_per_class: int, seeds: list[int], out_root: Path,
                data_root: Path, device, opts=None, overwrite: bool = False) -> dict[int, Path | None]:  # fmt: skip
     """Write a method's score file for every seed not already done; {seed: path, or None if skipped}.
@@ -109,6 +93,7 @@ def run_method(score_name: str, model: str, task: str, num_per_class: int, seeds
         start = time.perf_counter()
         scores, diagnostics = compute(score_name, samples, opts, device)
         ckpt_cfg = {k: v for k, v in samples.configs[0].items() if k != "epoch"}
+        declared_by = sorted({*plugins.recorded(ckpt_cfg), *filter(None, [registry.origin(score_name)])})
         config = {
             "method": score_name, "options": dataclasses.asdict(opts), "checkpoint_config": ckpt_cfg, "device": str(device),
             "fp32_precision": torch.backends.cudnn.conv.fp32_precision,  # TF32 or IEEE convs on a GPU
@@ -116,8 +101,19 @@ def run_method(score_name: str, model: str, task: str, num_per_class: int, seeds
             "wall_time_s": round(time.perf_counter() - start, 3), "peak_memory_gib": peak_memory_gib(device),
             "diagnostics": diagnostics,
             "versions": {"bayestda": __version__, "torch": str(torch.__version__)},
+            **({"plugins": declared_by} if declared_by else {}),  # what a later step loads to read this file
         }  # fmt: skip
         epochs = samples.epochs[-len(scores) :]  # a one-per-seed method: the run's last epoch
-        save_scores(path, scores, samples.train.idx, samples.test.idx, epochs, seed, score_name, config)
+        save_scores(
+            path,
+            scores,
+            samples.train.idx,
+            samples.test.idx,
+            epochs,
+            seed,
+            score_name,
+            config,
+            registry.helps_sign(score_name),
+        )
         done[seed] = path
     return done

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .. import families
-from ..allocator import reuse_large_blocks
-from ..data import Subset
-from ..errors import UserError
-from ..func import FunctionalModel
-from ..options import option
-from ..replay import replay
+from ..core.allocator import reuse_large_blocks
+from ..core.errors import UserError
+from ..core.options import option
+from ..data.subsets import Subset
+from ..models import families
+from ..models.func import FunctionalModel
+from ..runs.replay import replay, step_refusal
 from .grad_similarity import grad_dots
 from .registry import MemoryOptions, Method, register
 
@@ -46,17 +46,18 @@ class TracInOptions(MemoryOptions):
                        choices=KINDS)  # fmt: skip
 
 
-def _scoring_copy(model: torch.nn.Module, chunk: int) -> FunctionalModel:
+def _scoring_copy(model: torch.nn.Module, chunk: int, loss) -> FunctionalModel:
     """The live model of the replay, copied in eval mode: scoring must not touch the training run."""
-    return FunctionalModel(copy.deepcopy(model).eval(), chunk=chunk)
+    return FunctionalModel(copy.deepcopy(model).eval(), chunk=chunk, loss=loss)
 
 
 def score(samples, opts: TracInOptions, device) -> tuple[torch.Tensor, list[dict]]:
     """[1, n_train, n_test] TracIn of one seed's run, and the replay's diagnostics."""
     config = samples.configs[-1]
-    if opts.kind == "ideal" and families.train_extras(config).random:
-        raise UserError(f"tracin-ideal needs each step's inputs as the model saw them, but the {config['family']} "
-                        "family trains with random augmentation or dropout; use tracin-cp (--kind cp)")  # fmt: skip
+    if opts.kind == "ideal" and (why := step_refusal(config)):
+        raise UserError(f"tracin-ideal needs each step's gradients as the model took them, but {why}; use tracin-cp "
+                        "(--kind cp)")  # fmt: skip
+    loss = families.loss(config)
     train, test = samples.train.to(device), samples.test.to(device)
     total = torch.zeros(len(train), len(test), dtype=torch.float64, device=device)
     lrs = []
@@ -64,12 +65,12 @@ def score(samples, opts: TracInOptions, device) -> tuple[torch.Tensor, list[dict
     def at_epoch_end(epoch, model, optimizer, train_loss):
         lr = optimizer.param_groups[0]["lr"]
         lrs.append(lr)
-        total.add_(grad_dots(_scoring_copy(model, opts.chunk), train, test).double(), alpha=lr)
+        total.add_(grad_dots(_scoring_copy(model, opts.chunk, loss), train, test).double(), alpha=lr)
 
     def before_step(epoch, positions, model, optimizer):
         lr = optimizer.param_groups[0]["lr"]
         batch = Subset(train.x[positions], train.y[positions], train.idx[positions.cpu()])
-        dots = grad_dots(_scoring_copy(model, opts.chunk), batch, test)
+        dots = grad_dots(_scoring_copy(model, opts.chunk, loss), batch, test)
         total.index_add_(0, positions, dots.double(), alpha=lr / len(positions))
 
     bar = lambda it: tqdm(it, desc=f"tracin-{opts.kind} seed {samples.seed}", unit="epoch", leave=False)  # noqa: E731

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import Subset
-from ..errors import UserError
-from ..func import FunctionalModel
-from ..options import option
+from ..core.errors import UserError
+from ..core.options import option
+from ..data.subsets import Subset
+from ..models.func import FunctionalModel
 from .features import GradFeatures, GradFeaturizer, gram_with_test
 from .registry import MemoryOptions, Method, register
 
@@ -156,9 +156,10 @@ def trak_scores(fm: FunctionalModel, train: Subset, test: Subset, projection: Pr
     featurizer = GradFeaturizer(fm, train.x)
     try:
         g_train = featurizer.margin_grads(train.x, train.y, chunk)
+        weight = fm.loss_fn.require("trak_weight", "TRAK")
         with torch.no_grad():
-            p = torch.cat([fm.logits(fm.params, x).softmax(-1) for x in train.x.split(4 * chunk)])
-        q = 1 - p.gather(1, train.y[:, None])[:, 0]
+            q = torch.cat([weight(fm.logits(fm.params, x), y)
+                           for x, y in zip(train.x.split(4 * chunk), train.y.split(4 * chunk), strict=True)])  # fmt: skip
         if projection.kind == "identity":
             coef = _solve(g_train.gram(g_train), torch.diag(q), damping, "the training gradients' Gram matrix")
             coef = coef.to(g_train.dense.dtype)  # [n, n]: scores = coefᵀ G g(z)

@@ -1,14 +1,15 @@
 """The paper's CNNs, as the `cnn` model family (`--arch cnn2|cnn3`, model names `cnn` and `cnn3`).
 
 Both are the original code's networks, layer for layer: every conv is followed by GELU and a 2×2
-max-pool, then a GELU hidden layer and 10 logits.
+max-pool, then a GELU hidden layer and the task's logits. The original has one net for grey images (MNIST)
+and one for colour images (CIFAR-10); a task's input channels pick it (1: BW, else RGB).
 
-| arch | task | original | convs (out channels, kernel, padding) | head | parameters |
+| arch | input | original | convs (out channels, kernel, padding) | head | parameters (mnist3, cifar10) |
 |---|---|---|---|---|---|
-| cnn2 | mnist3 | NetBW | 32 k3, 64 k3 | 1600 → 128 → 10 | 225,034 |
-| cnn2 | cifar10 | NetRGB | 32 k5, 64 k5 | 1600 → 128 → 10 | 259,914 |
-| cnn3 | mnist3 | NetBWThree | 32 k3, 64 k3 p2, 128 k3 p2 | 2048 → 256 → 10 | 619,786 |
-| cnn3 | cifar10 | NetRGBThree | 32 k3, 64 k3, 128 k3 p2 | 2048 → 256 → 10 | 620,362 |
+| cnn2 | grey | NetBW | 32 k3, 64 k3 | 1600 → 128 → 10 | 225,034 |
+| cnn2 | colour | NetRGB | 32 k5, 64 k5 | 1600 → 128 → 10 | 259,914 |
+| cnn3 | grey | NetBWThree | 32 k3, 64 k3 p2, 128 k3 p2 | 2048 → 256 → 10 | 619,786 |
+| cnn3 | colour | NetRGBThree | 32 k3, 64 k3, 128 k3 p2 | 2048 → 256 → 10 | 620,362 |
 
 A cnn3 run records its original's class name (`config["net"]`). Runs of an earlier, different `cnn3`
 (a 64→64 'same' conv added to the 2-layer net) lack it and are refused (`refuse`). Checkpoints hold the
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import families
-from ..data import get_task
+from ..data.tasks import get_task
+from . import families
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,11 @@ class Net:
     hidden: int
 
 
-NETS = {  # (arch, dataset) -> Net
-    ("cnn2", "mnist"): Net("NetBW", ((32, 3, 0), (64, 3, 0)), 128),
-    ("cnn2", "cifar10"): Net("NetRGB", ((32, 5, 0), (64, 5, 0)), 128),
-    ("cnn3", "mnist"): Net("NetBWThree", ((32, 3, 0), (64, 3, 2), (128, 3, 2)), 256),
-    ("cnn3", "cifar10"): Net("NetRGBThree", ((32, 3, 0), (64, 3, 0), (128, 3, 2)), 256),
+NETS = {  # (arch, grey input) -> Net
+    ("cnn2", True): Net("NetBW", ((32, 3, 0), (64, 3, 0)), 128),
+    ("cnn2", False): Net("NetRGB", ((32, 5, 0), (64, 5, 0)), 128),
+    ("cnn3", True): Net("NetBWThree", ((32, 3, 0), (64, 3, 2), (128, 3, 2)), 256),
+    ("cnn3", False): Net("NetRGBThree", ((32, 3, 0), (64, 3, 0), (128, 3, 2)), 256),
 }
 
 
@@ -64,13 +65,13 @@ class CNN(nn.Module):
 
 
 def net_of(config: dict) -> Net:
-    return NETS[config["arch"], get_task(config["task"]).dataset]
+    return NETS[config["arch"], get_task(config["task"]).input_shape[0] == 1]
 
 
 def build(config: dict) -> CNN:
     """A freshly initialised CNN of the config's `arch` and `task` (from torch's global RNG: seed it first)."""
     spec = get_task(config["task"])
-    return CNN(net_of(config), spec.image_shape, spec.num_outputs)
+    return CNN(net_of(config), spec.input_shape, spec.num_outputs)
 
 
 def run_config(spec) -> dict:

@@ -17,9 +17,9 @@ import math
 import torch
 from torch import nn
 
-from .. import families
-from ..data import get_task
-from ..training import TrainConfig
+from ..data.tasks import get_task
+from ..training.recipe import TrainConfig
+from . import families
 
 
 class LogReg(nn.Module):
@@ -33,7 +33,7 @@ class LogReg(nn.Module):
 
 def build(config: dict) -> LogReg:
     spec = get_task(config["task"])
-    return LogReg(math.prod(spec.image_shape), spec.num_outputs)
+    return LogReg(math.prod(spec.input_shape), spec.num_outputs)
 
 
 WEIGHT_DECAY = TrainConfig.weight_decay  # the recipe's L2 coefficient

@@ -23,9 +23,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import families
-from ..errors import UserError
-from ..training import TrainExtras, stream_seed
+from ..core.errors import UserError
+from ..core.seeds import stream_seed
+from ..data.tasks import get_task
+from ..training.loop import TrainExtras
+from . import families
 
 DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
 
@@ -257,7 +259,8 @@ FAMILY = families.register(
         name="vit", summary="ViT-B/16 with LoRA", archs={"vit": "vit"}, build=vit_from_config,
         train_script="finetune_vit.py", score_folder="tda_vit_scripts", arch_flag=False,
         train_flags=("--model_name_or_path", "--precision"), raw_pixels=True,
-        run_config=lambda spec: vit_run_config(spec.model_name_or_path, spec.lora, spec.precision),
+        run_config=lambda spec: vit_run_config(spec.model_name_or_path, spec.lora, spec.precision,
+                                               get_task(spec.task).num_outputs),
         train_extras=vit_train_extras,
         # ViT-B/16 keeps ~100 MB of activations per 224×224 image, so its chunks are small; the original's
         # ViT code ran LiSSA in batches of 32.

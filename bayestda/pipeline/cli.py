@@ -6,16 +6,19 @@ import dataclasses
 import shlex
 import sys
 
-from .. import families
-from ..cli import Parser, add_seed_ids, add_subsets_args, at_least, available_cores
-from ..data import TASKS
-from ..errors import UserError
-from ..manifest import PVALUES_MANIFEST
+from ..analysis.report import console_summary
+from ..artifacts.manifest import PVALUES_MANIFEST
+from ..core import plugins
+from ..core.cli import Parser, add_seed_ids, at_least, available_cores
+from ..core.errors import UserError
+from ..core.options import add_arguments, from_args
+from ..core.paths import REPO_ROOT, resolve_out_root, results_dir
+from ..data.flags import add_data_root, add_num_per_class, add_task
 from ..methods import registry
-from ..paths import DATA_ROOT_ENV, REPO_ROOT, resolve_out_root, results_dir
-from ..report import console_summary
-from ..subset_retrains import SCRIPT as LDS_SCRIPT
-from ..subset_retrains import SubsetRetrainOptions
+from ..models import families
+from ..runs.subset_retrains import SCRIPT as LDS_SCRIPT
+from ..runs.subset_retrains import SubsetRetrainOptions
+from ..training.recipe import RecipeOptions
 from . import slurm
 from .execute import LocalExecutor, RayExecutor, execute, write_report
 from .graph import DEFAULT_METHODS, LDS, ExperimentSpec, build_graph, kept_methods, pending, resolve_methods
@@ -29,9 +32,8 @@ def parser(doc: str) -> Parser:
         default="cnn",
         help=f"{', '.join(families.model_names())}, or with a posterior suffix: cnn-deinit, cnn-debatch, ...",
     )
-    g.add_argument("--task", required=True, choices=sorted(TASKS), help="mnist3 (digits 0, 1, 2) or cifar10")
-    add_subsets_args(g)
-    g.add_argument("--num_per_class", type=at_least(1), required=True, help="training images per class (10..60)")
+    add_task(p, g)
+    add_num_per_class(p, g)
     with_variants = [m for m in registry.all_methods().values() if m.variant]
     g.add_argument(
         "--methods",
@@ -49,15 +51,13 @@ def parser(doc: str) -> Parser:
                            help=f"with {LDS} in --methods: {f.metadata['help']} (default {f.default})")  # fmt: skip
     add_seed_ids(p, g, "to run")
     g.add_argument(
-        "--epochs", type=at_least(1), default=None, help="training epochs; default 15 (mnist3) or 30 (cifar10)"
-    )
-    g.add_argument(
         "--model_name_or_path",
         default=None,
         help="vit: the pretrained backbone (hub id or local folder); default in21k",
     )
     g.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="vit: training autocast on GPU")
-    g.add_argument("--data_root", default=None, help=f"dataset folder; default ${DATA_ROOT_ENV}, else ./data")
+    add_data_root(g)
+    add_arguments(p.add_argument_group("training recipe, passed to step 1 (training.recipe)"), RecipeOptions)
     g.add_argument(
         "--out_root", default=None, help="root of models/, tda_scores/, retrains/, results/, logs/; default: the repo"
     )
@@ -142,10 +142,15 @@ def spec_from_args(p: Parser, args) -> ExperimentSpec:
     lds = {f"--{k}": v for k, v in vars(args).items() if k.startswith("lds_") and v is not None}
     if lds and LDS not in names:
         p.error(f"{', '.join(lds)}: for the LDS retrains; add {LDS} to --methods")
+    try:
+        recipe = from_args(RecipeOptions, args)
+    except UserError as exc:
+        p.error(str(exc))
     return ExperimentSpec(
         model=args.model, task=args.task, num_per_class=args.num_per_class, methods=methods,
         seed_ids=tuple(args.seed_ids), out_root=resolve_out_root(args.out_root),
-        data_root=args.data_root, epochs=args.epochs, overwrite=args.overwrite, train_flags=train_flags,
+        data_root=args.data_root, recipe=recipe, overwrite=args.overwrite, train_flags=train_flags,
+        plugins=tuple(plugins.loaded()),
         lds=SubsetRetrainOptions(**{k[2:]: v for k, v in lds.items()}) if LDS in names else None,
     )  # fmt: skip
 

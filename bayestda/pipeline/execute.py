@@ -21,11 +21,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..cli import USER_ERROR_EXIT, available_cores
-from ..errors import UserError
-from ..io import atomic_write_json
-from ..lifeline import PARENT_PID_ENV
-from ..paths import REPO_ROOT
+from ..core.cli import USER_ERROR_EXIT, available_cores
+from ..core.errors import UserError
+from ..core.io import atomic_write_json
+from ..core.lifeline import PARENT_PID_ENV
+from ..core.paths import REPO_ROOT
 from .graph import Task, pending
 from .warm import available as warm_available
 from .warm import code_stamp, start_server, start_warm, status_file

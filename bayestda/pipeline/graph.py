@@ -13,12 +13,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import families
-from ..checkpoints import finished_checkpoints
-from ..data import get_task, paper_subset_file, paper_subsets_dir, task_argv
-from ..manifest import CORRELATIONS_MANIFEST, PVALUES_MANIFEST
-from ..methods import registry
-from ..paths import (
+from ..artifacts.checkpoints import finished_checkpoints
+from ..artifacts.manifest import CORRELATIONS_MANIFEST, PVALUES_MANIFEST
+from ..core import plugins
+from ..core.paths import (
     REPO_ROOT,
     experiment_name,
     find_subset_file,
@@ -28,8 +26,13 @@ from ..paths import (
     seed_model_dir,
     subset_retrain_file,
 )
-from ..subset_retrains import SCRIPT as LDS_SCRIPT
-from ..subset_retrains import SubsetRetrainOptions, holds_retrains
+from ..data.subsets import paper_subset_file, paper_subsets_dir
+from ..data.tasks import get_task, task_argv
+from ..methods import registry
+from ..models import families
+from ..runs.subset_retrains import SCRIPT as LDS_SCRIPT
+from ..runs.subset_retrains import SubsetRetrainOptions, holds_retrains
+from ..training.recipe import RecipeOptions
 
 # The paper's five as runner names: a method with variants is named bare and takes its variant from its flag
 # (`--protocol`, `--solver`), whose default is the paper's.
@@ -43,15 +46,16 @@ class ExperimentSpec:
 
     model: str  # a model name of a family (`families`), e.g. cnn, cnn3, vit, logreg, or cnn-deinit
     task: str
-    num_per_class: int
+    num_per_class: int | str  # training images per class, or "all"
     methods: tuple[str, ...]  # score-file names, e.g. ("loo-paper", "ats", "if-paper", "gd", "gc")
     seed_ids: tuple[int, ...]
     out_root: Path
     data_root: Path | None = None  # None: the steps' own default ($BAYESTDA_DATA_ROOT, else ./data)
-    epochs: int | None = None  # None: the task's paper budget
+    recipe: RecipeOptions = field(default_factory=RecipeOptions)  # the recipe flags passed to step 1
     overwrite: bool = False
     train_flags: tuple[str, ...] = ()  # extra flags of the training step, e.g. the ViT's --model_name_or_path
     lds: SubsetRetrainOptions | None = None  # the LDS retrains' options; None: no LDS retrains
+    plugins: tuple[str, ...] = ()  # plug-ins every task loads (`core.plugins`: absolute paths or module names)
 
     @property
     def name(self) -> str:
@@ -140,6 +144,7 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
     family = families.of_model(spec.model)
     out = spec.out_root
     common = ["--out_root", str(out)] if out.resolve() != REPO_ROOT else []
+    common += [part for spec_ in spec.plugins for part in (plugins.FLAG, spec_)]  # every script takes --plugin
     data = ["--data_root", str(spec.data_root)] if spec.data_root else []
     overwrite = ["--overwrite"] if spec.overwrite else []
     n = spec.num_per_class
@@ -159,9 +164,8 @@ def build_graph(spec: ExperimentSpec) -> list[Task]:
     )  # fmt: skip
     tasks = [subsets]
 
-    epochs = ["--epochs", str(spec.epochs)] if spec.epochs else []
-    train_script = [*family.train_argv(spec.model, spec.task, n), *epochs, *spec.train_flags, *common, *data,
-                    *overwrite]  # fmt: skip
+    train_script = [*family.train_argv(spec.model, spec.task, n), *spec.recipe.argv(), *spec.train_flags, *common,
+                    *data, *overwrite]  # fmt: skip
     for k in spec.seed_ids:
         seed_dir = seed_model_dir(out, spec.model, spec.task, n, seeds[k])
         done = not spec.overwrite and finished_checkpoints(seed_dir) is not None

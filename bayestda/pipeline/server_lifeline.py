@@ -6,6 +6,6 @@ Without this the server would outlive the runner: each task holds the pipe whose
 
 import os
 
-from ..lifeline import die_with_parent
+from ..core.lifeline import die_with_parent
 
 die_with_parent(os.getppid())

@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..io import atomic_write_text
-from ..paths import REPO_ROOT
+from ..core.errors import UserError
+from ..core.io import atomic_write_text
+from ..core.paths import REPO_ROOT
 from .execute import THREAD_VARS, placement_env, run_with_retry
 from .graph import Task
 

@@ -27,7 +27,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from ..lifeline import die_with_parent
+from ..core.lifeline import die_with_parent
 
 # What every CNN step imports; the ViT steps import transformers and peft themselves (small next to their work).
 PRELOAD = (
@@ -35,10 +35,10 @@ PRELOAD = (
     "torch",
     "torchvision",
     "bayestda.methods.cli",
-    "bayestda.ensemble",
-    "bayestda.analysis",
-    "bayestda.stats_cli",
-    "bayestda.plots",
+    "bayestda.runs.ensemble",
+    "bayestda.analysis.results",
+    "bayestda.analysis.cli",
+    "bayestda.analysis.plots",
 )
 THREAD_VAR = "OMP_NUM_THREADS"
 _REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from bayestda.data import Subset
+from bayestda.data.subsets import Subset
 
 from .reference import micro_vit, per_pair_grads, toy_data, trained_tiny
 

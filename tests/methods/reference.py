@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call, hessian, jacrev
 from torch.nn import functional as F
 
-from bayestda.data import Subset
+from bayestda.data.subsets import Subset
 
 
 class TinyNet(nn.Module):

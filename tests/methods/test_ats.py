@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bayestda.func import FunctionalModel
 from bayestda.methods.ats import ats_scores, fresh_adam_step
+from bayestda.models.func import FunctionalModel
+from bayestda.training.recipe import TrainConfig
 
 from .reference import TinyNet, micro_vit, toy_data, trained_tiny
 
@@ -49,7 +50,7 @@ def test_ats_equals_real_adam_loop(net, micro_vit_dir):
         model = TinyNet().double()
     else:  # trained a little, so LoRA's B is no longer zero; only LoRA and the classifier take the step
         model = trained_tiny(train, steps=20, model=micro_vit(micro_vit_dir))
-    got = ats_scores(FunctionalModel(model), train, test, lr=1e-3, weight_decay=5e-3, chunk=3)
+    got = ats_scores(FunctionalModel(model), train, test, TrainConfig(epochs=1), chunk=3)
     ref = reference_ats(model, train, test, 1e-3, 5e-3)
     torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-12)
 
@@ -59,6 +60,6 @@ def test_ats_float64_losses_of_a_float32_model():
     torch.manual_seed(1)
     train, test = toy_data(7, dtype=torch.float32), toy_data(5, seed=2, dtype=torch.float32)
     model = TinyNet()
-    got = ats_scores(FunctionalModel(model), train, test, 1e-3, 5e-3, chunk=3, loss_dtype=torch.float64)
+    got = ats_scores(FunctionalModel(model), train, test, TrainConfig(epochs=1), chunk=3, loss_dtype=torch.float64)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, reference_ats(model, train, test, 1e-3, 5e-3), rtol=1e-4, atol=1e-7)

@@ -10,10 +10,11 @@ from torch import nn
 from torch.func import functional_call, jacrev
 from torch.nn import functional as F
 
-from bayestda.data import Subset
-from bayestda.errors import UserError
-from bayestda.func import FunctionalModel, cross_entropy_hessian_factor
+from bayestda.core.errors import UserError
+from bayestda.data.subsets import Subset
 from bayestda.methods import ekfac
+from bayestda.models.func import FunctionalModel
+from bayestda.training.losses import cross_entropy_hessian_factor
 
 from .reference import _unflat, flat_params, toy_data, trained_tiny
 

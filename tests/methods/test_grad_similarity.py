@@ -5,11 +5,12 @@ import torch
 from helpers import build_model, features_to_dense
 from torch.nn import functional as F
 
-from bayestda.data import load_subset
-from bayestda.func import FunctionalModel, cross_entropy_hessian_factor
+from bayestda.core.paths import REPO_ROOT
+from bayestda.data.subsets import load_subset
 from bayestda.methods.features import GradFeaturizer
 from bayestda.methods.grad_similarity import grad_dot_and_cos
-from bayestda.paths import REPO_ROOT
+from bayestda.models.func import FunctionalModel
+from bayestda.training.losses import cross_entropy_hessian_factor
 
 from .reference import TinyNet, micro_vit, per_pair_grads, toy_data, trained_tiny
 

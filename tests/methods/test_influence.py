@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bayestda.errors import UserError
-from bayestda.func import FunctionalModel
+from bayestda.core.errors import UserError
 from bayestda.methods import influence
+from bayestda.models.func import FunctionalModel
 
 from .reference import (
     TinyNet,

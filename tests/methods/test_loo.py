@@ -11,12 +11,16 @@ import torch
 from helpers import build_model, init_model, single_thread
 from torch.nn import functional as F
 
-from bayestda import families
-from bayestda.data import Subset, load_subset
+from bayestda.core.errors import UserError
+from bayestda.core.paths import REPO_ROOT
+from bayestda.data.subsets import Subset, load_subset
 from bayestda.methods import loo
+from bayestda.models import families
 from bayestda.models.vit import LoraSpec, vit_run_config
-from bayestda.paths import REPO_ROOT
-from bayestda.training import TrainConfig, batch_orders, evaluate, make_optimizer, train
+from bayestda.runs import retrains
+from bayestda.training.loop import batch_orders, evaluate, train
+from bayestda.training.losses import CROSS_ENTROPY
+from bayestda.training.recipe import TrainConfig, make_optimizer
 
 from .reference import toy_data
 
@@ -38,7 +42,7 @@ def ctx_factory(data_root):
               on_epoch_end=lambda e, m, o, _loss: states.__setitem__(e, {k: v.clone() for k, v in m.state_dict().items()}))  # fmt: skip
 
     def make(protocol):
-        return loo.RetrainContext(
+        return retrains.RetrainContext(
             {"arch": "cnn2", "task": "mnist3", "init_seed": INIT_SEED}, train_data, test_data, CFG, orders,
             start_states=[states[3], states[4]] if protocol != "scratch" else [],
             eval_epochs=(3, 4) if protocol == "scratch" else (CFG.epochs,),
@@ -109,7 +113,7 @@ def test_scratch_equals_sequential_retrains(ctx_factory):
             assert torch.equal(got[:, j], ref - full), f"sample {j}"
     # the full retrain reproduces the run that produced the checkpoints (evaluated with the same thread count)
     with single_thread(), torch.no_grad():
-        ckpt_losses = torch.stack([evaluate(from_state(states[e]), ctx.test_data)[0] for e in (3, 4)])
+        ckpt_losses = torch.stack([evaluate(from_state(states[e]), ctx.test_data, CROSS_ENTROPY)[0] for e in (3, 4)])
     _, diag = loo.loo_scores("scratch", ctx, ckpt_losses, workers=1)
     assert diag["max_abs_full_retrain_minus_checkpoint_test_loss"] == 0.0
 
@@ -119,7 +123,7 @@ def test_continuation_protocols_equal_sequential_retrains(ctx_factory, protocol)
     make, states = ctx_factory
     ctx = make(protocol)
     x, y, test = ctx.train_data.x, ctx.train_data.y, ctx.test_data
-    base = torch.stack([evaluate(from_state(states[e]), test)[0] for e in (3, 4)])
+    base = torch.stack([evaluate(from_state(states[e]), test, CROSS_ENTROPY)[0] for e in (3, 4)])
     got, _ = loo.loo_scores(protocol, ctx, base, workers=1)
     with single_thread():
         for c, e in enumerate((3, 4)):
@@ -181,12 +185,12 @@ def vit_setup(micro_vit_dir):
 @pytest.mark.parametrize("protocol", ["scratch", "paper", "paired"])
 def test_vit_protocols_equal_sequential_retrains(vit_setup, protocol):
     config, train_data, test, orders, states = vit_setup
-    ctx = loo.RetrainContext(
+    ctx = retrains.RetrainContext(
         config, train_data, test, CFG, orders, start_states=[] if protocol == "scratch" else [states[3], states[4]],
         eval_epochs=(3, 4) if protocol == "scratch" else (CFG.epochs,),
     )  # fmt: skip
     with single_thread():
-        base = torch.stack([evaluate(families.from_state(config, states[e]), test)[0] for e in (3, 4)])
+        base = torch.stack([evaluate(families.from_state(config, states[e]), test, CROSS_ENTROPY)[0] for e in (3, 4)])
         got, diag = loo.loo_scores(protocol, ctx, base, workers=1)
         extras = families.train_extras(config)
         x, y = train_data.x, train_data.y
@@ -230,7 +234,7 @@ def test_stacked_scratch_trains_alone_a_removal_that_empties_a_batch(ctx_factory
     train_data = Subset(full.train_data.x[:11], full.train_data.y[:11], full.train_data.idx[:11])
     ctx = dataclasses.replace(full, train_data=train_data, orders=batch_orders(11, CFG.epochs, BATCH_SEED))
     last = set(ctx.orders[:, -1].tolist())
-    assert [loo._removes_a_whole_batch(ctx, loo.Retrain(j, zero_weight=False)) for j in range(11)] == [
+    assert [retrains._removes_a_whole_batch(ctx, retrains.Retrain(j, zero_weight=False)) for j in range(11)] == [
         j in last for j in range(11)
     ]
     with single_thread():
@@ -239,26 +243,28 @@ def test_stacked_scratch_trains_alone_a_removal_that_empties_a_batch(ctx_factory
     # float32 with two summation orders: the gap depends on the CPU's kernels, so it is bounded relative to the
     # effect under test (the LOO scores) rather than absolutely; tests/test_stacking.py checks 1e-10 in float64
     assert (stacked - one).abs().max() <= 0.02 * one.abs().max()
-    jobs = [loo.Retrain(j, zero_weight=False) for j in sorted(last)] + [loo.Retrain(None, zero_weight=False)]
+    jobs = [retrains.Retrain(j, zero_weight=False) for j in sorted(last)] + [retrains.Retrain(None, zero_weight=False)]
     with single_thread():
-        alone = loo.run_retrains(ctx, jobs, workers=1, desc="", stack=4)[:-1]
+        alone = retrains.run_retrains(ctx, jobs, workers=1, desc="", stack=4)[:-1]
         for job, got in zip(jobs, alone, strict=False):  # trained alone: bit for bit the sequential retrain
-            assert torch.equal(got, loo.run_retrain(ctx, job))
+            assert torch.equal(got, retrains.run_retrain(ctx, job))
 
 
 def test_vit_retrains_are_never_stacked(vit_setup):
-    """Dropout would draw one mask for a whole stack: `auto` and explicit stacks both give 1 for the ViT."""
-    from bayestda.methods.loo import resolve_stack
+    """Dropout would draw one mask for a whole stack: `auto` gives 1 for the ViT, an explicit stack is refused."""
+    from bayestda.runs.retrains import resolve_stack
 
     config, train_data, test, orders, _ = vit_setup
-    assert resolve_stack("auto", config, "cuda") == resolve_stack(64, config, "cuda") == 1
+    assert resolve_stack("auto", config, "cuda") == resolve_stack(1, config, "cuda") == 1
+    with pytest.raises(UserError, match=r"--stack 64: the vit family's retrains cannot be stacked: .*dropout"):
+        resolve_stack(64, config, "cuda")
     assert resolve_stack("auto", {"arch": "cnn2", "task": "mnist3"}, "cuda") == 64
     assert resolve_stack("auto", {"arch": "cnn2", "task": "mnist3"}, "cpu") == 1
     assert resolve_stack("auto", {"family": "logreg", "arch": "logreg", "task": "mnist3"}, "cpu") == 64
     assert resolve_stack(3, {"family": "logreg", "arch": "logreg", "task": "mnist3"}, "cpu") == 3
-    ctx = loo.RetrainContext(config, train_data, test, CFG, orders, start_states=[], eval_epochs=(4,))
+    ctx = retrains.RetrainContext(config, train_data, test, CFG, orders, start_states=[], eval_epochs=(4,))
     with pytest.raises(ValueError, match="dropout"):
-        loo.run_stacked_retrains(ctx, [loo.Retrain(None), loo.Retrain(0)])
+        retrains.run_stacked_retrains(ctx, [retrains.Retrain(None), retrains.Retrain(0)])
 
 
 # ----------------------------------------------------------------------------- subset retrains (the LDS ground truth)
@@ -267,7 +273,7 @@ def test_vit_retrains_are_never_stacked(vit_setup):
 def test_restricted_orders_keep_the_full_runs_order():
     orders = batch_orders(12, 3, BATCH_SEED)
     members = (0, 3, 4, 8, 11)
-    got = loo.restrict_orders(orders, members)
+    got = retrains.restrict_orders(orders, members)
     for e in range(3):
         assert got[e].tolist() == [p for p in orders[e].tolist() if p in members]
 
@@ -278,10 +284,10 @@ def test_subset_retrains_equal_training_on_the_subset(ctx_factory):
     make, _ = ctx_factory
     ctx = make("scratch")
     subsets = [(0, 1, 2, 5, 7, 9), (2, 3, 4, 6, 10, 11), (0, 4, 5, 6, 8, 11)]
-    jobs = [loo.Retrain(None, members=s) for s in subsets]
+    jobs = [retrains.Retrain(None, members=s) for s in subsets]
     with single_thread():
-        one = loo.run_retrains(ctx, jobs, workers=1, desc="")
-        stacked = loo.run_retrains(ctx, jobs, workers=1, desc="", stack=3)
+        one = retrains.run_retrains(ctx, jobs, workers=1, desc="")
+        stacked = retrains.run_retrains(ctx, jobs, workers=1, desc="", stack=3)
         x, y = ctx.train_data.x, ctx.train_data.y
         for members, got in zip(subsets, one, strict=True):
             orders = torch.tensor([[p for p in row if p in members] for row in ctx.orders.tolist()])
@@ -292,4 +298,4 @@ def test_subset_retrains_equal_training_on_the_subset(ctx_factory):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
     assert (one[0] - one[1]).abs().max() > 0.05  # other subsets, other models
     with pytest.raises(ValueError, match="one size"):
-        loo.run_stacked_retrains(ctx, [jobs[0], loo.Retrain(None, members=(0, 1))])
+        retrains.run_stacked_retrains(ctx, [jobs[0], retrains.Retrain(None, members=(0, 1))])

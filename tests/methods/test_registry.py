@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
-from bayestda import families
-from bayestda.ensemble import EnsembleSpec, train_ensemble
-from bayestda.errors import UserError
+from bayestda.core.errors import UserError
+from bayestda.core.options import option
+from bayestda.core.paths import REPO_ROOT, read_seeds, results_dir, score_file
 from bayestda.methods import registry
 from bayestda.methods.runner import run_method
-from bayestda.options import option
-from bayestda.paths import REPO_ROOT, read_seeds, results_dir, score_file
+from bayestda.models import families
 from bayestda.pipeline.graph import ExperimentSpec, build_graph, resolve_methods
+from bayestda.runs.ensemble import EnsembleSpec, train_ensemble
+from bayestda.training.recipe import RecipeOptions
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ def logit_method():
 def trained(tmp_path_factory, data_root):
     """Two logreg seeds, 3 epochs: their last 3 checkpoints are the posterior samples."""
     out = tmp_path_factory.mktemp("registry")
-    train_ensemble(EnsembleSpec("mnist3", 10, "logreg", epochs=3), read_seeds()[:2], data_root, out, "cpu")
+    train_ensemble(
+        EnsembleSpec("mnist3", 10, "logreg", recipe=RecipeOptions(epochs=3)), read_seeds()[:2], data_root, out, "cpu"
+    )
     return out
 
 
@@ -74,9 +77,9 @@ def test_a_method_registered_here_runs_through_the_runner_and_steps_3_and_4(
     assert record["config"]["options"] == {"chunk": families.get("logreg").chunk, "scale": 2.0, "centre": "mean"}
     assert record["config"]["diagnostics"] == [{"checked": True}] * 3
     # the slow reference: each checkpoint loaded by hand, the scores recomputed
-    from bayestda.checkpoints import load_checkpoint
-    from bayestda.data import load_subset
-    from bayestda.paths import checkpoint_file, seed_model_dir
+    from bayestda.artifacts.checkpoints import load_checkpoint
+    from bayestda.core.paths import checkpoint_file, seed_model_dir
+    from bayestda.data.subsets import load_subset
 
     train = load_subset("mnist3", "train", 10, data_root, trained)
     test = load_subset("mnist3", "test", None, data_root, trained)

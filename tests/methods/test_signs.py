@@ -5,13 +5,16 @@ import torch
 from helpers import init_model
 from torch.nn import functional as F
 
-from bayestda.data import Subset, load_subset
-from bayestda.func import FunctionalModel
+from bayestda.core.paths import REPO_ROOT
+from bayestda.data.subsets import Subset, load_subset
 from bayestda.methods import ats, ekfac, influence, loo
 from bayestda.methods.grad_similarity import grad_dot_and_cos
 from bayestda.methods.registry import helps_sign
-from bayestda.paths import REPO_ROOT
-from bayestda.training import TrainConfig, batch_orders, evaluate, make_optimizer, train
+from bayestda.models.func import FunctionalModel
+from bayestda.runs import retrains
+from bayestda.training.loop import batch_orders, evaluate, train
+from bayestda.training.losses import CROSS_ENTROPY
+from bayestda.training.recipe import TrainConfig, make_optimizer
 
 from .reference import toy_data, trained_tiny
 
@@ -36,7 +39,7 @@ def test_gradient_and_influence_methods_call_the_duplicate_helpful(toy_with_dupl
     scores = {
         "gd": gd,
         "gc": gc,
-        "ats": ats.ats_scores(fm, train_set, test, lr=1e-3, weight_decay=5e-3),
+        "ats": ats.ats_scores(fm, train_set, test, TrainConfig(epochs=1)),
         "if-paper": influence.if_paper(fm, train_set, test)[0],
         "if-ggn": influence.if_ggn(fm, train_set, test, damping=0.01),
         "if-cg": influence.if_cg(fm, train_set, test, damping=1.0, tol=1e-8)[0],  # λ_min(H) ≈ -0.75 here
@@ -66,7 +69,9 @@ def test_loo_calls_the_duplicate_helpful(data_root, protocol):
     model = init_model("cnn2", "mnist3", 0)
     train(model, make_optimizer(model, cfg), Subset(train_full.x[keep], train_full.y[keep], train_full.idx[keep]),
           batch_orders(9, cfg.epochs, 0), cfg)  # fmt: skip
-    hardest = int(evaluate(model, probe)[0].argmax())  # a test point the model does not get from the others
+    hardest = int(
+        evaluate(model, probe, CROSS_ENTROPY)[0].argmax()
+    )  # a test point the model does not get from the others
     test = Subset(probe.x[hardest : hardest + 1], probe.y[hardest : hardest + 1], probe.idx[hardest : hardest + 1])
     data = Subset(torch.cat([train_full.x[keep], test.x]), torch.cat([train_full.y[keep], test.y]), torch.arange(10))
     orders = batch_orders(10, cfg.epochs, 1)
@@ -74,7 +79,7 @@ def test_loo_calls_the_duplicate_helpful(data_root, protocol):
     model = init_model("cnn2", "mnist3", 1)
     train(model, make_optimizer(model, cfg), data, orders, cfg,
           on_epoch_end=lambda e, m, o, _loss: states.__setitem__(e, {k: v.clone() for k, v in m.state_dict().items()}))  # fmt: skip
-    ctx = loo.RetrainContext({"arch": "cnn2", "task": "mnist3", "init_seed": 1}, data, test, cfg, orders,
+    ctx = retrains.RetrainContext({"arch": "cnn2", "task": "mnist3", "init_seed": 1}, data, test, cfg, orders,
                              start_states=[states[cfg.epochs]] if protocol != "scratch" else [],
                              eval_epochs=(cfg.epochs,))  # fmt: skip
     with torch.no_grad():

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from bayestda.data import read_indices
+from bayestda.core.paths import REPO_ROOT, score_file
+from bayestda.data.subsets import read_indices
 from bayestda.methods.cli import parse_method_args
-from bayestda.paths import REPO_ROOT, score_file
 
 COMMON = ["--task", "mnist3", "--num_per_class", "10", "--device", "cpu"]
 SCRIPTS = {  # method -> (script, extra flags)

@@ -10,14 +10,15 @@ import torch
 from helpers import single_thread, with_last_checkpoint_moved
 from torch.nn import functional as F
 
-from bayestda import families
-from bayestda.data import Subset
-from bayestda.ensemble import EnsembleSpec, train_ensemble
-from bayestda.errors import UserError
+from bayestda.core.errors import UserError
+from bayestda.core.paths import read_seeds
+from bayestda.data.subsets import Subset
 from bayestda.methods import tracin
-from bayestda.methods.samples import load_seed_samples
-from bayestda.paths import read_seeds
-from bayestda.training import TrainExtras, batch_orders
+from bayestda.models import families
+from bayestda.runs.ensemble import EnsembleSpec, train_ensemble
+from bayestda.runs.samples import load_seed_samples
+from bayestda.training.loop import TrainExtras, batch_orders
+from bayestda.training.recipe import RecipeOptions
 
 EPOCHS, SEED = 3, read_seeds()[0]
 
@@ -26,7 +27,7 @@ EPOCHS, SEED = 3, read_seeds()[0]
 def samples(request, tmp_path_factory, data_root):
     """One seed trained for 3 epochs on MNIST3 20pc (60 images: batches of 32 and 28), scored on 12 test images."""
     out = tmp_path_factory.mktemp(request.param)
-    spec = EnsembleSpec("mnist3", 20, request.param, epochs=EPOCHS)
+    spec = EnsembleSpec("mnist3", 20, request.param, recipe=RecipeOptions(epochs=EPOCHS))
     with single_thread():
         train_ensemble(spec, [SEED], data_root, out, torch.device("cpu"))
     loaded = load_seed_samples(spec.model, "mnist3", 20, SEED, out, data_root)
@@ -92,5 +93,7 @@ def test_a_replay_that_misses_the_stored_run_is_refused(samples):
 
 def test_ideal_refuses_a_family_that_augments_or_drops_out(samples, monkeypatch):
     monkeypatch.setattr(families, "train_extras", lambda config: TrainExtras(rng_seed=1))
-    with pytest.raises(UserError, match=r"tracin-ideal needs each step.s inputs .* use tracin-cp"):
+    with pytest.raises(
+        UserError, match=r"tracin-ideal needs each step.s gradients .*dropout or random augmentation.* use tracin-cp"
+    ):
         tracin.score(samples, tracin.TracInOptions(kind="ideal", chunk=16), torch.device("cpu"))

@@ -8,10 +8,11 @@ import pytest
 import torch
 from helpers import features_to_dense
 
-from bayestda.errors import UserError
-from bayestda.func import FunctionalModel, margin
+from bayestda.core.errors import UserError
 from bayestda.methods.features import GradFeaturizer
 from bayestda.methods.trak import Projection, trak_scores
+from bayestda.models.func import FunctionalModel
+from bayestda.training.losses import margin
 
 from .reference import micro_vit, toy_data, trained_tiny
 

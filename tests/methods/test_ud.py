@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from bayestda import families
-from bayestda.errors import UserError
+from bayestda.core.errors import UserError
 from bayestda.methods import ud
-from bayestda.training import TrainConfig, TrainExtras, batch_orders, evaluate, make_optimizer, train
+from bayestda.models import families
+from bayestda.training.loop import TrainExtras, batch_orders, evaluate, train
+from bayestda.training.losses import CROSS_ENTROPY
+from bayestda.training.recipe import RecipeOptions, TrainConfig, make_optimizer
 
 from .reference import TinyNet, toy_data
 
@@ -31,7 +33,7 @@ def losses_by_epoch(init, data, test, orders, weight=None) -> dict[int, torch.Te
     """Test losses at every epoch end of a real retrain with per-sample loss weights (batch means unchanged)."""
     model = copy.deepcopy(init)
     out = {}
-    hook = lambda epoch, model, opt, loss: out.__setitem__(epoch, evaluate(model, test)[0])  # noqa: E731
+    hook = lambda epoch, model, opt, loss: out.__setitem__(epoch, evaluate(model, test, CROSS_ENTROPY)[0])  # noqa: E731
     train(model, make_optimizer(model, CFG), data, orders, CFG, sample_weight=weight, on_epoch_end=hook)
     return out
 
@@ -72,7 +74,10 @@ def test_families_that_augment_or_drop_out_are_refused_in_one_line(monkeypatch):
 
     monkeypatch.setattr(families, "train_extras", lambda config: TrainExtras(rng_seed=1))
     samples = SimpleNamespace(configs=[{"family": "vit"}])
-    with pytest.raises(UserError, match="random augmentation or dropout, which it does not replay; use the CNNs"):
+    with pytest.raises(
+        UserError,
+        match=r"dropout or random augmentation, whose random numbers a step.s replay does not reproduce; use loo-scratch",
+    ):
         ud.score(samples, ud.UDOptions(chunk=4, hvp_chunk=4), torch.device("cpu"))
 
 
@@ -83,13 +88,13 @@ def samples(tmp_path_factory, data_root):
 
     from helpers import single_thread
 
-    from bayestda.data import Subset
-    from bayestda.ensemble import EnsembleSpec, train_ensemble
-    from bayestda.methods.samples import load_seed_samples
-    from bayestda.paths import read_seeds
+    from bayestda.core.paths import read_seeds
+    from bayestda.data.subsets import Subset
+    from bayestda.runs.ensemble import EnsembleSpec, train_ensemble
+    from bayestda.runs.samples import load_seed_samples
 
     out, seed = tmp_path_factory.mktemp("ud"), read_seeds()[0]
-    spec = EnsembleSpec("mnist3", 20, "cnn2", epochs=3)
+    spec = EnsembleSpec("mnist3", 20, "cnn2", recipe=RecipeOptions(epochs=3))
     with single_thread():
         train_ensemble(spec, [seed], data_root, out, torch.device("cpu"))
     loaded = load_seed_samples(spec.model, "mnist3", 20, seed, out, data_root)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bayestda.paths import REPO_ROOT
+from bayestda.core.paths import REPO_ROOT
 from bayestda.pipeline.execute import LocalExecutor, execute, placement_env, run_with_retry, write_report
 from bayestda.pipeline.graph import Task
 
@@ -158,7 +158,7 @@ time.sleep(120)
 
 RUNNER = """
 from pathlib import Path
-from bayestda.cli import run
+from bayestda.core.cli import run
 from bayestda.pipeline.execute import LocalExecutor, execute
 from bayestda.pipeline.graph import Task
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from bayestda.errors import UserError
-from bayestda.paths import checkpoint_file, metrics_file, results_dir, score_file, seed_model_dir
+from bayestda.core.errors import UserError
+from bayestda.core.paths import checkpoint_file, metrics_file, results_dir, score_file, seed_model_dir
 from bayestda.pipeline.graph import ExperimentSpec, build_graph, kept_methods, pending, resolve_methods
 
 METHODS = ("loo-paper", "ats", "if-paper", "gd", "gc")
@@ -159,8 +159,8 @@ def test_vit_experiment_runs_the_vit_steps(tmp_path):
 def test_lds_retrains_are_per_seed_tasks_done_only_for_the_same_subsets(tmp_path):
     import torch
 
-    from bayestda.paths import subset_retrain_file
-    from bayestda.subset_retrains import SubsetRetrainOptions
+    from bayestda.core.paths import subset_retrain_file
+    from bayestda.runs.subset_retrains import SubsetRetrainOptions
 
     opts = SubsetRetrainOptions(lds_subsets=20)
     tasks = build_graph(spec(tmp_path, methods=("gd",), lds=opts))

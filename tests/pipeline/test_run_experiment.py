@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bayestda.cli import available_cores, run
-from bayestda.paths import REPO_ROOT, read_seeds, score_file
+from bayestda.analysis.report import common_share
+from bayestda.core.cli import available_cores, run
+from bayestda.core.paths import REPO_ROOT, read_seeds, score_file
 from bayestda.pipeline.cli import main
-from bayestda.report import common_share
 
 N = "10"
 SEED_IDS = ["0", "1"]
@@ -186,7 +186,7 @@ def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--threads", "0"], "--threads must be at least 1, got 0"),
         (["--backend", "slurm", "--threads", "2"], "--threads is for the local and ray backends"),
-        (["--num_per_class", "-3"], "--num_per_class must be at least 1, got -3"),
+        (["--num_per_class", "-3"], "--num_per_class must be a whole number of training images per class"),
         (["--retries", "-1"], "--retries must be at least 0, got -1"),
         (["--backend", "slurm", "--slurm_cpus", "0"], "--slurm_cpus must be at least 1, got 0"),
         (["--backend", "slurm", "--slurm_time", "0"], "--slurm_time must be at least 1, got 0"),
@@ -262,10 +262,10 @@ def test_gpus_that_torch_does_not_see_are_an_error_not_a_cpu_run(tmp_path, data_
 def test_distributional_step_reads_back_the_experiment(by_runner, data_root):
     """Step 5 on the runner's experiment: its base losses plus loo-scratch's τ are the losses of a retrain without
     z_j (one retrain, the slow reference), and its refusals are one line with exit status 2."""
-    from bayestda import distributional
-    from bayestda.methods import loo
-    from bayestda.methods.samples import load_seed_samples
-    from bayestda.statistics import load_experiment
+    from bayestda.analysis import distributional
+    from bayestda.analysis.statistics import load_experiment
+    from bayestda.runs import retrains
+    from bayestda.runs.samples import load_seed_samples
 
     args = ["compute_distributional.py", "--experiment", "cnn_mnist3_10pc", "--num_ckpts", "2", "--seed_ids",
             *SEED_IDS, "--out_root", str(by_runner)]  # fmt: skip
@@ -281,8 +281,8 @@ def test_distributional_step_reads_back_the_experiment(by_runner, data_root):
     exp = load_experiment("cnn", "mnist3", 10, by_runner, ["loo-scratch"], seeds)
     base = distributional.base_losses(exp, data_root, k=1)  # the last checkpoint
     samples = load_seed_samples("cnn", "mnist3", 10, exp.seeds[0], by_runner, data_root)
-    ctx = loo.retrain_context("scratch", samples, "cpu")
-    retrained = loo.run_retrain(ctx, loo.Retrain(3, zero_weight=False))[-1].double().numpy()
+    ctx = retrains.retrain_context(samples, "cpu")
+    retrained = retrains.run_retrain(ctx, retrains.Retrain(3, zero_weight=False))[-1].double().numpy()
     np.testing.assert_allclose(base[0] + exp.scores("loo-scratch")[0, -1, 3], retrained, rtol=1e-5, atol=1e-6)
 
     refused = sh([*args, "--methods", "loo-scratch,gd", "--measures", "dmean,w2"], data_root)
@@ -298,9 +298,9 @@ def test_lds_retrains_run_through_the_runner_and_step_6_reads_them(by_runner, da
     the plain scipy loop over the files."""
     from scipy import stats
 
-    from bayestda.methods import loo
-    from bayestda.methods.samples import load_seed_samples
-    from bayestda.paths import subset_retrain_file
+    from bayestda.core.paths import subset_retrain_file
+    from bayestda.runs import retrains
+    from bayestda.runs.samples import load_seed_samples
 
     flags = [*TINY[: TINY.index("--methods")], "--methods", "gd,loo-scratch,lds", "--lds_subsets", "6",
              "--out_root", str(by_runner), "--jobs", "2", "--gpus", "none"]  # fmt: skip
@@ -313,9 +313,9 @@ def test_lds_retrains_run_through_the_runner_and_step_6_reads_them(by_runner, da
     record = torch.load(subset_retrain_file(by_runner, "cnn", "mnist3", 10, read_seeds()[0]), weights_only=True)
     assert record["losses"].shape == (6, 2, 900) and record["ckpt_epochs"] == [1, 2]
     samples = load_seed_samples("cnn", "mnist3", 10, read_seeds()[0], by_runner, data_root)
-    ctx = loo.retrain_context("scratch", samples, "cpu")
+    ctx = retrains.retrain_context(samples, "cpu")
     members = tuple(record["members"][4].nonzero().view(-1).tolist())
-    retrained = loo.run_retrains(ctx, [loo.Retrain(None, members=members)], 1, "")[0]
+    retrained = retrains.run_retrains(ctx, [retrains.Retrain(None, members=members)], 1, "")[0]
     torch.testing.assert_close(record["losses"][4], retrained, rtol=1e-6, atol=1e-7)
     assert record["config"]["diagnostics"]["max_abs_full_retrain_minus_checkpoint_test_loss"] < 1e-4
 
