@@ -12,6 +12,8 @@ from bayestda.training.recipe import TrainConfig, make_optimizer
 from bayestda.training.stacking import ModelStack
 
 CFG = TrainConfig(epochs=3, batch_size=4)  # 11 samples: batches of 4, 4, 3
+# SGD's momentum buffer and weight decay act elementwise too: one SGD over the stack is M independent ones
+SGD = TrainConfig(epochs=3, batch_size=4, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True)
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +38,13 @@ def test_forward_is_each_models_forward(data):
         torch.testing.assert_close(out[m], model(train_set.x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["zeroed", "removed"])
-def test_training_a_stack_equals_training_each_model(data, mode):
-    """Three models with their own starts, each leaving out another sample (or none), as LOO does."""
+@pytest.mark.parametrize(("mode", "cfg"), [("zeroed", CFG), ("removed", CFG), ("removed", SGD)],
+                         ids=["zeroed-adam", "removed-adam", "removed-sgd"])  # fmt: skip
+def test_training_a_stack_equals_training_each_model(data, mode, cfg):
+    """Three models with their own starts, each leaving out another sample (or none), as LOO does; with the
+    recipe's optimizer (Adam or SGD with Nesterov momentum)."""
     train_set, test_set = data
-    orders = batch_orders(11, CFG.epochs, 5)
+    orders = batch_orders(11, cfg.epochs, 5)
     leave_out = [None, 2, 7]
     separate, seen = models([0, 1, 2]), {}
     for m, (model, j) in enumerate(zip(separate, leave_out, strict=True)):
@@ -49,7 +53,7 @@ def test_training_a_stack_equals_training_each_model(data, mode):
             weight = torch.ones(11, dtype=torch.float64)
             weight[j] = 0.0
         exclude = j if mode == "removed" else None
-        train(model, make_optimizer(model, CFG), train_set, orders, CFG, sample_weight=weight, exclude=exclude,
+        train(model, make_optimizer(model, cfg), train_set, orders, cfg, sample_weight=weight, exclude=exclude,
               on_epoch_end=lambda e, mod, o, _l, m=m: seen.__setitem__((m, e), evaluate(mod, test_set, CROSS_ENTROPY)[0]))  # fmt: skip
 
     stack = ModelStack(models([9])[0], [m.state_dict() for m in models([0, 1, 2])])
@@ -60,14 +64,14 @@ def test_training_a_stack_equals_training_each_model(data, mode):
     else:
         exclude = torch.tensor([-1, 2, 7])
     stacked = {}
-    train(stack, make_optimizer(stack, CFG), train_set, orders, CFG, sample_weight=weight, exclude=exclude,
+    train(stack, make_optimizer(stack, cfg), train_set, orders, cfg, sample_weight=weight, exclude=exclude,
           on_epoch_end=lambda e, mod, o, _l: stacked.__setitem__(e, evaluate(mod, test_set, CROSS_ENTROPY)[0]))  # fmt: skip
 
     for m, model in enumerate(separate):
         state = stack.state(m)
         for k, v in model.state_dict().items():
             torch.testing.assert_close(state[k], v, rtol=1e-10, atol=1e-12)
-        for e in range(1, CFG.epochs + 1):
+        for e in range(1, cfg.epochs + 1):
             torch.testing.assert_close(stacked[e][m], seen[(m, e)], rtol=1e-10, atol=1e-12)
     # the models did differ: the leave-outs changed the weights
     assert not torch.allclose(stack.state(1)["fc2.weight"], stack.state(2)["fc2.weight"])

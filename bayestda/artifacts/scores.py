@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..core import plugins
 from ..core.errors import UserError
 from ..core.io import atomic_torch_save
 from ..models import families
@@ -88,6 +89,7 @@ def load_scores(path: Path, remake: str = "the step-2 command that made it, with
                         f"with: {remake}")  # fmt: skip
     if not isinstance(record["config"], dict):
         raise UserError(f"score file {path}: config must be a dict; recompute it with: {remake}")
+    plugins.ensure(record["config"], f"score file {path}")  # a plug-in's method
     if ckpt_config := record["config"].get("checkpoint_config"):
         families.check_config(ckpt_config, f"score file {path}", then=f", then recompute the scores with: {remake}")
     if record["sign"] not in (-1, 1):

@@ -43,9 +43,10 @@ class Parser(argparse.ArgumentParser):
         self.add_argument(plugins.FLAG, action="append", default=[], metavar="PATH_OR_MODULE",
                           help="a plug-in to load first: a .py file or an importable module that declares tasks, "
                           "model families or methods (repeatable; see the README, 'Your own model and data')")  # fmt: skip
-        self._load_plugins(sys.argv[1:])
+        self.load_plugins(sys.argv[1:])
 
-    def _load_plugins(self, argv: list[str]) -> None:
+    def load_plugins(self, argv: list[str]) -> None:
+        """Load the `--plugin`s of a command line; one that cannot be loaded is a flag error."""
         try:
             plugins.load_all(plugins.from_argv(argv))
         except UserError as exc:
@@ -62,7 +63,7 @@ class Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         """Parsed flags, checked. The location flags are kept for the commands that error messages suggest
         (`hints`)."""
-        self._load_plugins(sys.argv[1:] if args is None else list(args))
+        self.load_plugins(sys.argv[1:] if args is None else list(args))
         ns = super().parse_args(args, namespace)
         hints.remember(ns)
         try:

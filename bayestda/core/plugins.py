@@ -176,8 +176,15 @@ def recorded(config: dict) -> list[str]:
 
 
 def ensure(config: dict, source: str) -> None:
-    """Load the plug-ins a config records (its task's and model family's); one line naming the missing one and the
-    flag that supplies it if one cannot be loaded."""
+    """Load the plug-ins a run config records, unless its task and model family are registered already (the package's
+    own, or given with --plugin, perhaps from a new path); one line naming the missing plug-in and the flag that
+    supplies it if one cannot be loaded."""
+    from .registry import known  # the registries sit on this module
+
+    needs = [("task", str(config.get("task", "")).split("-")[0]), ("model family", config.get("family", "")),
+             ("method", str(config.get("method", "")).split("-")[0])]  # fmt: skip
+    if all(known(kind, name) for kind, name in needs if name):
+        return
     for spec in recorded(config):
         if spec in _loaded:
             continue

@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import ClassVar
 
 from . import plugins
 from .errors import UserError
 
 
 class Registry(dict):
+    instances: ClassVar[dict[str, Registry]] = {}  # kind -> its registry, for lookups from below their layers (`known`)
+
     def __init__(self, package: str, kind: str):
         super().__init__()
         self.package, self.kind = package, kind  # kind: "task", "model family", "method", for messages
         self.origins: dict[str, str | None] = {}
         self._imported = False
+        Registry.instances[kind] = self
 
     def add(self, name: str, declaration) -> None:
         """Register `declaration` under `name`, from the plug-in being loaded now (if any)."""
@@ -60,3 +64,10 @@ class Registry(dict):
         ordered = sorted(self.items(), key=lambda item: (self.origins.get(item[0]) is not None, item[0]))
         self.clear()
         self.update(ordered)
+
+
+def known(kind: str, name: str) -> bool:
+    """Whether a declaration of this kind ("task", "model family", "method") and name is registered (after the
+    package's own are imported)."""
+    registry = Registry.instances.get(kind)
+    return registry is not None and name in registry.loaded()

@@ -7,20 +7,24 @@ A declaration holds everything the steps need to know about a method:
 - its kind: scored on each checkpoint (`per_seed=False`), or once per seed from the seed's whole run
   (`per_seed=True`: LOO retrains, TracIn); a per-seed method with `one_per_seed` gives one τ per seed, not one
   per checkpoint (TracIn sums over the whole run), so steps 3–4 have only k = 1 for it;
+- whether τ is measured by retraining (`retrained`: every LOO protocol) and which of its variants are a ground
+  truth that the others are judged against (`ground_truth`: LOO's `scratch`, then `paired`; not `paper`, which
+  mixes z_j's removal with more training): the report's fixed-sample table and distributional TDA read
+  `ground_truths()`;
 - whether τ is in loss units (`removal`): the factor that turns it into a prediction of
   L(z; θ without z_j) − L(z; θ), given the number of training points n; None for similarities (GD, GC, TRAK,
-  TracIn), which predict no loss, so the distributional measures (`distributional.py`) refuse them;
-- its options, a frozen dataclass (`options.option` fields): their defaults, --help text and ranges;
+  TracIn), which predict no loss, so the distributional measures (`analysis.distributional`) refuse them;
+- its options, a frozen dataclass (`core.options.option` fields): their defaults, --help text and ranges;
 - its scorer:
   - per checkpoint: `score(fm, train, test, opts, run_config) -> ([n_train, n_test], diagnostics)`, with
-    `fm` a `func.FunctionalModel` of the checkpoint;
+    `fm` a `models.func.FunctionalModel` of the checkpoint (with its family's loss);
   - per seed: `score(samples, opts, device) -> ([n_ckpts, n_train, n_test], [diagnostics])`, with
-    `samples` the seed's `samples.SeedSamples`.
+    `samples` the seed's `runs.samples.SeedSamples`.
 
 The step-2 scripts, the runner, steps 3 and 4, the figures and the report all read from here. Each
 method registers itself in its own module under `bayestda/methods/` (`ats`, `grad_similarity`,
-`influence`, `loo`, `trak`, `tracin`, `ud`), which the registry imports on first use; a module elsewhere registers when it is
-imported. See the README, "Adding a method or a model".
+`influence`, `loo`, `trak`, `tracin`, `ud`), which the registry imports on first use; a plug-in's registers when it is
+loaded (`core.plugins`; the README, "Your own model and data").
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from ..core import hints
 from ..core.errors import UserError
 from ..core.options import check, option
-from ..core.paths import score_file
+from ..core.paths import REPO_ROOT, score_file
 from ..core.registry import Registry
 from ..data.tasks import task_argv
 from ..models import families
@@ -124,8 +128,11 @@ class Method:
         return [f"{self.name}-{v}" if self.variant else self.name for v in self.ground_truth or ()]
 
     def script_argv(self, folder: str, score_name: str) -> list[str]:
-        """The step-2 script of a score-file name, with the flag that picks its variant."""
+        """The step-2 script of a score-file name, with the flag that picks its variant: `<folder>/<name>.py`, or for
+        a method without a script of its own (a plug-in's) `<folder>/score.py --method <name>`."""
         argv = [f"{folder}/{self.name}.py"]
+        if not (REPO_ROOT / argv[0]).is_file():
+            argv = [f"{folder}/score.py", "--method", self.name]
         if self.variant and score_name != self.name:
             argv += [f"--{self.variant}", score_name.split("-", 1)[1]]
         return argv

@@ -42,8 +42,8 @@ class ModelFamily:
     summary: str  # one line for --help
     archs: dict[str, str]  # step 1's --arch value -> the model name in artifact paths, e.g. cnn2 -> cnn
     build: Callable[[dict], nn.Module]  # run config -> untrained model, initialised from torch's global RNG
-    train_script: str  # step 1
-    score_folder: str  # step 2: <folder>/<method>.py
+    train_script: str = "train_cnn.py"  # step 1 (it takes --arch)
+    score_folder: str = "tda_cnn_scripts"  # step 2: <folder>/<method>.py
     arch_flag: bool = True  # whether the training script takes --arch
     train_flags: tuple[str, ...] = ()  # step-1 flags of this family that run_experiment.py passes through
     raw_pixels: bool = False  # inputs are [0, 1] pixels the model preprocesses itself, not the task's tensors

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -206,11 +207,32 @@ def retrain_threads(device, stack: int) -> int:
     return 1 if torch.device(device).type == "cpu" and stack <= 1 else torch.get_num_threads()
 
 
+# Seconds to start a pool of spawned workers, each importing torch and the package (1.6 s for two on this project's
+# 2-core machine, `bench/bench_retrain_variants.py`): below it, a seed's retrains run faster in this process.
+POOL_START_S = 2.0
+
+
+def _one_by_one(ctx: RetrainContext, jobs: list[Retrain], stack: int, bar, close: bool = False) -> list[torch.Tensor]:
+    """The jobs in this process, one after another, each with the threads `retrain_threads` gives it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(retrain_threads(ctx.device, stack))
+    try:
+        out = []
+        for job in jobs:
+            out.append(run_retrain(ctx, job))
+            bar.update()
+        return out
+    finally:
+        torch.set_num_threads(threads)
+        if close:
+            bar.close()
+
+
 def run_retrains(
     ctx: RetrainContext, jobs: list[Retrain], workers: int, desc: str, stack: int = 1
 ) -> list[torch.Tensor]:
-    """All jobs: `stack` at a time as one `ModelStack` when stack > 1; else each single-threaded on CPU,
-    in `workers` processes when workers > 1."""
+    """All jobs: `stack` at a time as one `ModelStack` when stack > 1; else each single-threaded on CPU, in
+    `workers` processes when workers > 1 and the retrains are long enough to repay starting them."""
     bar = tqdm(total=len(jobs), desc=desc, unit="retrain", leave=False)
     if stack > 1:
         alone = {k for k, job in enumerate(jobs) if _removes_a_whole_batch(ctx, job)}
@@ -226,21 +248,19 @@ def run_retrains(
         bar.close()
         return [out[k] for k in range(len(jobs))]
     if workers <= 1 or ctx.device != "cpu":
-        threads = torch.get_num_threads()
-        torch.set_num_threads(retrain_threads(ctx.device, stack))
-        try:
-            out = []
-            for job in jobs:
-                out.append(run_retrain(ctx, job))
-                bar.update()
-        finally:
-            torch.set_num_threads(threads)
-            bar.close()
-        return out
+        return _one_by_one(ctx, jobs, stack, bar, close=True)
+    # The first retrain here, timed: when the rest would take less time in this process than starting the pool
+    # (spawned interpreters that import torch), they stay here. Each retrain is single-threaded either way, so
+    # the results are the same bits.
+    start = time.perf_counter()
+    out = _one_by_one(ctx, jobs[:1], stack, bar)
+    rest = jobs[1:]
+    if (time.perf_counter() - start) * len(rest) * (1 - 1 / workers) < POOL_START_S:
+        return out + _one_by_one(ctx, rest, stack, bar, close=True)
+    jobs = rest
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                initargs=(ctx, os.getpid()))  # fmt: skip
     try:
-        out = []
         # One job at a time: chunks of several retrains left one worker idle at the end.
         for result in pool.map(_worker_retrain, jobs, chunksize=1):
             out.append(result)

@@ -51,8 +51,10 @@ def ctx_factory(data_root):
     return make, states
 
 
-def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, vit=None, loss_dtype=torch.float32):
-    """The obvious loop: fresh Adam, the given batch order, z_j dropped or its loss zeroed (as the original).
+def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, vit=None, loss_dtype=torch.float32,
+                      optimizer=None):  # fmt: skip
+    """The obvious loop: fresh Adam (or `optimizer(params)`), the given batch order, z_j dropped or its loss zeroed
+    (as the original).
 
     The CNN runs in the library's memory layout (channels-last) so that the comparison can be bit for
     bit. For the ViT (`vit`: the run's TrainExtras), each batch goes through the run's crop function,
@@ -65,7 +67,8 @@ def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, v
     else:
         test_x = test.x
         torch.manual_seed(vit.rng_seed)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=CFG.lr, weight_decay=CFG.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer(params) if optimizer else torch.optim.Adam(params, lr=CFG.lr, weight_decay=CFG.weight_decay)
     total_steps = len(orders) * len(orders[0].split(CFG.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total_steps) if vit else None
     out = {}
@@ -88,6 +91,21 @@ def reference_retrain(model, x, y, orders, leave_out, mode, eval_epochs, test, v
             with torch.no_grad():
                 out[epoch] = F.cross_entropy(model(test_x).to(loss_dtype), test.y, reduction="none")
     return torch.stack([out[e] for e in eval_epochs])
+
+
+def test_retrains_take_the_recipe_s_optimizer(ctx_factory):
+    """A run trained with SGD and momentum: its retrains take fresh SGD steps, as the obvious loop with torch's SGD."""
+    make, _ = ctx_factory
+    sgd = TrainConfig(epochs=4, batch_size=5, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3)
+    ctx = dataclasses.replace(make("scratch"), cfg=sgd)
+    with single_thread():
+        got = retrains.run_retrain(ctx, retrains.Retrain(3, zero_weight=False))
+        ref = reference_retrain(init_model("cnn2", "mnist3", INIT_SEED), ctx.train_data.x, ctx.train_data.y, ctx.orders,
+                                3, "drop", (3, 4), ctx.test_data,
+                                optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3))  # fmt: skip
+        adam = retrains.run_retrain(make("scratch"), retrains.Retrain(3, zero_weight=False))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, adam, rtol=1e-3)
 
 
 def from_state(state):
@@ -150,12 +168,28 @@ def test_float64_test_losses_equal_sequential_retrains(ctx_factory):
             assert torch.equal(got[:, j], ref - full), f"sample {j}"
 
 
-def test_results_do_not_depend_on_workers(ctx_factory):
+def test_results_do_not_depend_on_workers(ctx_factory, monkeypatch):
     make, _ = ctx_factory
     ctx = make("scratch")
     one, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20), workers=1)
+    monkeypatch.setattr(retrains, "POOL_START_S", 0.0)  # these retrains are short: the pool only when forced
     two, _ = loo.loo_scores("scratch", ctx, torch.zeros(2, 20), workers=2)
     assert torch.equal(one, two)
+
+
+def test_short_retrains_stay_in_this_process(ctx_factory, monkeypatch):
+    """When the retrains would finish before a pool of spawned workers started, no pool is started."""
+    make, _ = ctx_factory
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started")
+
+    monkeypatch.setattr(retrains, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(retrains, "POOL_START_S", 1e6)
+    assert len(retrains.run_retrains(make("scratch"), [retrains.Retrain(j) for j in range(3)], 2, "")) == 3
+    monkeypatch.setattr(retrains, "POOL_START_S", 0.0)
+    with pytest.raises(AssertionError, match="a worker pool was started"):
+        retrains.run_retrains(make("scratch"), [retrains.Retrain(j) for j in range(3)], 2, "")
 
 
 def test_unknown_protocol(ctx_factory):

@@ -113,8 +113,9 @@ def test_a_registered_method_is_in_the_experiment_graph_with_its_script(logit_me
     assert resolve_methods(["logitsim"], {"centre": "mean"}) == ("logitsim-mean",)
     spec = ExperimentSpec("logreg", "mnist3", 10, ("logitsim-mean",), (0,), tmp_path)
     task = {t.name: t for t in build_graph(spec)}["logitsim-mean_seed0"]
-    assert task.argv[:9] == ["tda_cnn_scripts/logitsim.py", "--model", "logreg", "--task", "mnist3",
-                             "--num_per_class", "10", "--centre", "mean"]  # fmt: skip
+    # no tda_cnn_scripts/logitsim.py: the generic step-2 script, told the method
+    assert task.argv[:11] == ["tda_cnn_scripts/score.py", "--model", "logreg", "--task", "mnist3", "--num_per_class",
+                              "10", "--method", "logitsim", "--centre", "mean"]  # fmt: skip
 
 
 def test_unknown_methods_and_variants_are_one_line_errors():
@@ -134,3 +135,12 @@ def test_the_paper_methods_and_signs_are_declared_once():
     }  # fmt: skip
     assert [m.name for m in registry.all_methods().values() if m.per_seed] == ["loo", "tracin", "ud"]
     assert [m.name for m in registry.all_methods().values() if m.one_per_seed] == ["tracin"]
+
+
+def test_ground_truths_are_declared_per_variant():
+    """LOO's scratch and paired protocols are ground truths (scratch first); the paper's LOO is measured by
+    retraining too, but mixes z_j's removal with more training, so it is none."""
+    assert registry.ground_truths() == ["loo-scratch", "loo-paired"]
+    assert registry.ground_truths(["ats", "loo-paper", "loo-paired", "gd"]) == ["loo-paired"]
+    assert not registry.is_ground_truth("loo-paper") and registry.get("loo-paper").retrained
+    assert not registry.is_ground_truth("if-ggn")

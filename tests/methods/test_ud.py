@@ -19,6 +19,12 @@ from .reference import TinyNet, toy_data
 
 EPS = 1e-4
 CFG = TrainConfig(epochs=3, lr=1e-2, batch_size=4)  # 10 images: batches of 4, 4 and 2 per epoch
+# SGD as the recipe declares it: with momentum and Nesterov on and off, and plain (the buffer starts at g)
+SGD = {
+    "sgd": TrainConfig(epochs=3, lr=5e-2, batch_size=4, optimizer="sgd"),
+    "momentum": TrainConfig(epochs=3, lr=5e-2, batch_size=4, optimizer="sgd", momentum=0.9),
+    "nesterov": TrainConfig(epochs=3, lr=5e-2, batch_size=4, optimizer="sgd", momentum=0.9, nesterov=True),
+}
 
 
 @pytest.fixture(scope="module", params=["cnn", "logreg"])
@@ -29,23 +35,25 @@ def run(request):
     return model.double(), toy_data(10), toy_data(5, seed=1), batch_orders(10, CFG.epochs, 3)
 
 
-def losses_by_epoch(init, data, test, orders, weight=None) -> dict[int, torch.Tensor]:
+def losses_by_epoch(init, data, test, orders, weight=None, cfg=CFG) -> dict[int, torch.Tensor]:
     """Test losses at every epoch end of a real retrain with per-sample loss weights (batch means unchanged)."""
     model = copy.deepcopy(init)
     out = {}
     hook = lambda epoch, model, opt, loss: out.__setitem__(epoch, evaluate(model, test, CROSS_ENTROPY)[0])  # noqa: E731
-    train(model, make_optimizer(model, CFG), data, orders, CFG, sample_weight=weight, on_epoch_end=hook)
+    train(model, make_optimizer(model, cfg), data, orders, cfg, sample_weight=weight, on_epoch_end=hook)
     return out
 
 
-def test_ud_equals_central_differences_of_reweighted_retrains(run):
+@pytest.mark.parametrize("recipe", ["adam", *SGD])
+def test_ud_equals_central_differences_of_reweighted_retrains(run, recipe):
     init, data, test, orders = run
-    tangents = ud.UnrolledTangents(data, test, CFG.weight_decay, score_epochs=[1, 2, 3], chunk=3, hvp_chunk=3)
+    cfg = SGD.get(recipe, CFG)
+    tangents = ud.UnrolledTangents(data, test, cfg.weight_decay, score_epochs=[1, 2, 3], chunk=3, hvp_chunk=3)
     model = copy.deepcopy(init)
-    train(model, make_optimizer(model, CFG), data, orders, CFG, before_step=tangents.before_step,
+    train(model, make_optimizer(model, cfg), data, orders, cfg, before_step=tangents.before_step,
           on_epoch_end=tangents.on_epoch_end)  # fmt: skip
     for j in (0, 4, 9):  # in a full batch, in another, in the short last batch of some epoch
-        up, down = (losses_by_epoch(init, data, test, orders, torch.ones(10, dtype=torch.float64).index_fill(0, torch.tensor([j]), 1 + s))
+        up, down = (losses_by_epoch(init, data, test, orders, torch.ones(10, dtype=torch.float64).index_fill(0, torch.tensor([j]), 1 + s), cfg)
                     for s in (EPS, -EPS))  # fmt: skip
         for epoch in (1, 2, 3):
             derivative = (up[epoch] - down[epoch]) / (2 * EPS)

@@ -74,8 +74,9 @@ def _assert_results_summary(stdout: str, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def by_hand(tmp_path_factory, data_root) -> Path:
-    """The README's steps, one after another, in one process each."""
+def by_hand(tmp_path_factory, run_script) -> Path:
+    """The README's steps, one after another, each run as `python script ...` would run it (`run_in_process`), with
+    the runner's threads per task."""
     out = str(tmp_path_factory.mktemp("by_hand"))
     env = {"OMP_NUM_THREADS": THREADS, "CUDA_VISIBLE_DEVICES": ""}
     flags = ["--task", "mnist3", "--num_per_class", N, "--out_root", out]
@@ -88,7 +89,7 @@ def by_hand(tmp_path_factory, data_root) -> Path:
     stats = ["--model", "cnn", *flags, "--methods", ",".join(METHODS), "--seed_ids", *SEED_IDS]
     steps += [["compute_pvalues.py", *stats], ["compute_correlations.py", *stats]]
     for step in steps:
-        proc = sh(step, data_root, env)
+        proc = run_script(*step, env=env)
         assert proc.returncode == 0, f"{step}: {proc.stderr}"
     return Path(out)
 
