@@ -106,14 +106,17 @@ def run_in_process(script: str | Path, *args: str, env: dict | None = None) -> s
 
 @contextmanager
 def kept_registries():
-    """Put the task, family and method registries back as they were: what a plug-in registers stays with its test."""
+    """Put the task, family and method registries, and the plug-ins loaded, back as they were: what a plug-in
+    registers stays with its test."""
     saved = [(r, dict(r.loaded()), dict(r.origins)) for r in (tasks._TASKS, families._FAMILIES, registry._METHODS)]
+    loaded = dict(plugins._loaded)
     try:
         yield
     finally:
         for r, contents, origins in saved:
             _refill(r, contents)
             _refill(r.origins, origins)
+        _refill(plugins._loaded, loaded)
 
 
 @pytest.fixture(autouse=True)

@@ -73,6 +73,23 @@ def test_make_subsets_reproduces_committed_files(task, data_root, tmp_path, requ
     assert victim.read_text() == (REPO_ROOT / "data" / task / "test_subset.txt").read_text()
 
 
+def test_any_size_nests_and_all_is_the_whole_split(data_root, tmp_path):
+    """Sizes beyond the committed 10–60 per class are drawn from the same per-class orders, so they nest around
+    them; `all` is every image of the task's classes."""
+    report = data.write_subsets("mnist3", data_root, tmp_path, sizes=(60, 1000, "all"))
+    assert len(report) == 4 and all("written" in line for line in report)
+    _, labels = data.load_split("mnist3", True, data_root)
+    sixty, thousand, whole = (data.read_indices(tmp_path / "data" / "mnist3" / f"train_subset_{n}pc.txt")
+                              for n in (60, 1000, "all"))  # fmt: skip
+    assert np.array_equal(sixty, committed("mnist3", "train_subset_60pc.txt"))
+    assert set(sixty) <= set(thousand) <= set(whole)
+    assert np.bincount(labels[thousand]).tolist() == [1000, 1000, 1000]
+    assert np.array_equal(whole, np.flatnonzero(labels < 3))  # the whole split's digits 0, 1, 2
+    assert data.available_sizes(tmp_path, "mnist3") == [10, 20, 30, 40, 50, 60, 1000, "all"]
+    with pytest.raises(UserError, match=r"class 0 has only 5923 candidate images .* ask for at most 5923, or all"):
+        data.write_subsets("mnist3", data_root, tmp_path, sizes=(6000,))
+
+
 def test_preprocess_matches_torchvision_transforms(data_root):
     images, _ = data.load_split("mnist3", True, data_root)
     ours = data.preprocess("mnist3", images[:5])

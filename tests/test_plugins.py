@@ -181,3 +181,23 @@ def test_suggested_commands_carry_the_plugins(toy_run, run_script, tmp_path):
     proc = run_script("train_cnn.py", "--plugin", str(PLUGIN), "--arch", "toymlp", "--task", "toy",
                       "--num_per_class", "7", "--out_root", str(tmp_path))  # fmt: skip
     one_line_error(proc, f"make_subsets.py --task toy --num_per_class 7 --out_root {tmp_path} --plugin {PLUGIN}")
+
+
+def test_every_backend_passes_the_plugins_to_every_task(tmp_path):
+    """The runner gives every task `--plugin`: the local and Ray backends run `Task.command`, Slurm's scripts too."""
+    from conftest import kept_registries
+
+    from bayestda.pipeline import slurm
+    from bayestda.pipeline.graph import ExperimentSpec, build_graph, pending
+
+    with kept_registries():
+        plugins.load(str(PLUGIN))
+        spec = ExperimentSpec("toymlp", "toy", 5, ("gd", "toysim"), (0, 1), tmp_path, plugins=(str(PLUGIN),))
+        todo = pending(build_graph(spec))
+        assert {t.stage for t in todo} == {"subsets", "train", "gd", "toysim", "pvalues", "correlations"}
+        for task in todo:
+            command = task.command()
+            assert command[command.index("--plugin") + 1] == str(PLUGIN), task.name
+        written = slurm.write_scripts(todo, spec.name, tmp_path / "logs", tmp_path / "slurm", slurm.SlurmOptions())
+    for script in written[:-1]:  # the sbatch scripts; the last is submit.sh
+        assert f"--plugin {PLUGIN}" in script.read_text(), script.name

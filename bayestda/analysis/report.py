@@ -145,7 +145,7 @@ def noise_summary(res: Path, k: int) -> str:
     return _table(frame)
 
 
-LOSS_RESOLUTION = 1e-6  # float32 rounds a test loss below ~1e-7 to steps of 1.2e-7 (`training.per_sample_losses`)
+LOSS_RESOLUTION = 1e-6  # float32 rounds a test loss below ~1e-7 to steps of 1.2e-7 (`training.loop.per_sample_losses`)
 
 
 def tau_resolution(out_root: Path, model: str, task: str, n: int, res: Path, methods: list[str], k: int) -> str:

@@ -60,8 +60,8 @@ def ats_scores(
     sample.
 
     Each θ'_j is written in place into a scratch copy of the model (in the fast layout of
-    `training.per_sample_losses`), and the unperturbed losses go through the same copy, so both
-    terms of τ use the same kernels. `loss_dtype`: see `training.per_sample_losses`.
+    `training.loop.per_sample_losses`), and the unperturbed losses go through the same copy, so both
+    terms of τ use the same kernels. `loss_dtype`: see `training.loop.per_sample_losses`.
     """
     work = copy.deepcopy(fm.model).eval()
     fast_layout(work, test.x)

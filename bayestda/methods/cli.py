@@ -2,7 +2,7 @@
 <folder>/score.py --method NAME for a method without a script of its own, such as a plug-in's).
 
 Each script is its docstring plus `tda_main(__doc__, <method>, <default model>)`. Its flags are the common
-ones (`cli.add_common_args`), `--model`, and the fields of the method's options class (`registry.Method`),
+ones (`data.flags.add_common_args`), `--model`, and the fields of the method's options class (`registry.Method`),
 so a method's flags are declared once, in its options, and the CNN and ViT scripts cannot drift apart.
 """
 

@@ -1,7 +1,7 @@
 """Leave-one-out: τ = L(z; θ without z_j) − L(z; θ), by retraining with the one training loop.
 
-Three protocols, each a different ground truth:
-- `paper` (the original code): from each checkpoint, continue training with a fresh Adam and the seed's
+Three protocols, each a different retraining:
+- `paper` (the original code): from each checkpoint, continue training with a fresh optimizer and the seed's
   batch order for the full epoch budget, with z_j's loss zeroed (it still counts in the batch-mean
   denominator). Compare with the checkpoint itself. This conflates removing z_j with E extra epochs.
 - `paired`: the same continuation, compared with the same continuation on the full data, so that z_j

@@ -1,4 +1,4 @@
-"""TracIn (Pruthi et al. 2020) over a seed's whole training run, which is replayed rather than stored (`replay.py`).
+"""TracIn (Pruthi et al. 2020) over a seed's whole training run, which is replayed rather than stored (`runs.replay`).
 
 Two variants (`--kind`), both with the loss gradients of Grad-Dot (all trainable parameters, eval mode, factored
 per-sample gradients, `grad_similarity.py`):
@@ -6,9 +6,11 @@ per-sample gradients, `grad_similarity.py`):
   epoch e = 1..E, with η_e the learning rate of epoch e's last step: a learning-rate-weighted sum of GD over
   every epoch, not only the last five.
 - `ideal`: τ(z_j, z) = Σ_t (η_t / B_t) ∇ℓ_j(θ_t)·∇L(z; θ_t) over every step t whose batch held z_j, with θ_t the
-  parameters before the step and B_t its batch size. Under plain SGD this is, to first order, how much z_j's own
-  terms lowered L(z) over the run; Adam rescales each step per parameter, which it leaves out, as TracIn does.
-  It needs each step's training inputs as the model saw them, so it refuses families that augment or drop out.
+  parameters before the step and B_t its batch size. Under plain SGD (the recipe's `sgd` without momentum) this
+  is, to first order, how much z_j's own terms lowered L(z) over the run; Adam's per-parameter scaling and SGD's
+  momentum (which carries z_j's gradient into later steps) it leaves out, as TracIn does. It needs each step's
+  gradients as the model took them, so it refuses runs with dropout, augmentation or BatchNorm
+  (`runs.replay.step_refusal`).
 
 Each is one τ per seed (of the whole run, not of a posterior sample): the score file holds [1, n_train, n_test]
 at the run's last epoch, and steps 3–4 have only k = 1 for it. Positive: z_j helps z.

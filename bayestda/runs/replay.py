@@ -54,7 +54,7 @@ def replay(
     progress=None,
 ) -> dict:
     """Retrain the seed from its initialisation exactly as it was trained, calling the hooks on the way (see
-    `training.train`); {"max_rel_weight_diff": ...} against the stored checkpoints, or a UserError."""
+    `training.loop.train`); {"max_rel_weight_diff": ...} against the stored checkpoints, or a UserError."""
     config = samples.configs[-1]
     cfg = TrainConfig.from_config(config)
     model = families.init(config).to(device)

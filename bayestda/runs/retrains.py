@@ -59,7 +59,7 @@ class RetrainContext:
     start_states: list[dict]  # continuation protocols: one state_dict per checkpoint
     eval_epochs: tuple[int, ...]  # epochs whose test losses a retrain returns
     device: str = "cpu"
-    loss_dtype: torch.dtype = torch.float32  # dtype of the test cross-entropy (`training.per_sample_losses`)
+    loss_dtype: torch.dtype = torch.float32  # dtype of the test cross-entropy (`training.loop.per_sample_losses`)
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def _orders(ctx: RetrainContext, jobs: list[Retrain]) -> torch.Tensor:
 def run_retrain(ctx: RetrainContext, job: Retrain) -> torch.Tensor:
     """[len(eval_epochs), n_test] test losses of one retrain."""
     model = start_model(ctx, job)
-    return retrain_from(ctx, job, model, make_optimizer(model, ctx.cfg))  # fresh Adam, as the original's LOO
+    return retrain_from(ctx, job, model, make_optimizer(model, ctx.cfg))  # a fresh optimizer, as the original LOO
 
 
 def start_model(ctx: RetrainContext, job: Retrain) -> torch.nn.Module:

@@ -13,7 +13,7 @@ the full run takes ⌈n/B⌉, with a fresh optimizer and the run's epoch budget:
 One full-data retrain per seed is run as well, as a check of the replay: it must reproduce the checkpoints' test
 losses (`max_abs_full_retrain_minus_checkpoint_test_loss`, up to float rounding with another thread count).
 
-**The artifact** (one per seed, `paths.subset_retrain_file`): `losses` [M, n_ckpts, n_test] in the loss dtype,
+**The artifact** (one per seed, `core.paths.subset_retrain_file`): `losses` [M, n_ckpts, n_test] in the loss dtype,
 `members` bool [M, n_train], `train_idx`, `test_idx`, `ckpt_epochs`, `seed` and `config` (the options, the
 checkpoints' run config, device, threads, time and the check above). `load_subset_retrains` checks each file
 against the experiment it is used for.
@@ -187,7 +187,7 @@ class SubsetRetrains:
 
 
 def load_subset_retrains(exp) -> SubsetRetrains:
-    """The LDS retrains of every seed of `exp` (a `statistics.Experiment`): one line naming the command for a file
+    """The LDS retrains of every seed of `exp` (a `analysis.statistics.Experiment`): one line naming the command for a file
     that is missing, unreadable, of another seed, run, subsets or indices than the others or the score files."""
     missing = [s for s in exp.seeds if not subset_retrain_file(exp.out_root, exp.model, exp.task, exp.num_per_class,
                                                                 s).is_file()]  # fmt: skip

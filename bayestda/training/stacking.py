@@ -1,13 +1,15 @@
 """Many models of one architecture trained as one module: LOO's retrains in one pass on a GPU.
 
-Adam and its L2 weight decay act elementwise, so one `torch.optim.Adam` over parameters stacked to
-[M, ...] is M independent Adams. With the forward pass vmapped over the stack (a convolution becomes
-one grouped convolution), the shared training loop (`training.train`) trains M models per step, each
+The recipe's optimizers (Adam, SGD with momentum) and their L2 weight decay act elementwise, so one optimizer
+over parameters stacked to [M, ...] is M independent ones. With the forward pass vmapped over the stack (a convolution becomes
+one grouped convolution), the shared training loop (`training.loop.train`) trains M models per step, each
 on the same batches with its own sample weights. The result equals M separate runs up to float
 rounding (tests/test_stacking.py checks it in float64).
 
 On a GPU one small CNN per step leaves the device idle (LOO retrains are launch-bound); a stack of
 hundreds fills it. On a CPU the sequential loop is faster (BENCHMARKS.md), so stacks are the GPU default.
+A model with buffers updated in training (BatchNorm's running statistics) or random numbers drawn in training
+(dropout) cannot share a stack (`runs.retrains.unstackable`).
 """
 
 from __future__ import annotations
