@@ -20,6 +20,14 @@ from bayestda.core.paths import REPO_ROOT, checkpoint_file, score_file, seed_mod
 from bayestda.data import tasks
 
 PLUGIN = Path(__file__).parent / "plugins" / "toy.py"
+
+
+def refused(proc, *needles):
+    """One line naming every needle, and exit status 2 (a user error: not retried by the runner)."""
+    one_line_error(proc, *needles)
+    assert proc.returncode == 2, proc.returncode
+
+
 EXPERIMENT = ["--model", "toymlp", "--task", "toy", "--num_per_class", "5"]
 
 
@@ -73,8 +81,7 @@ def test_a_checkpoint_whose_plugin_is_missing_is_one_line(experiment, run_script
         before = score_file(out, "toymlp", "gd", "toy", 5, 0).stat().st_mtime_ns
         proc = run_script("tda_cnn_scripts/gd.py", *EXPERIMENT, "--seed_id", "0", "--out_root", str(out),
                           "--overwrite")  # fmt: skip
-        one_line_error(proc, "was made with plug-in", str(plugin.resolve()), "no such file", "--plugin")
-        assert proc.returncode == 2
+        refused(proc, "was made with plug-in", str(plugin.resolve()), "no such file", "--plugin")
         assert score_file(out, "toymlp", "gd", "toy", 5, 0).stat().st_mtime_ns == before  # nothing half-written
         proc = run_script("tda_cnn_scripts/gd.py", *EXPERIMENT, "--seed_id", "0", "--out_root", str(out),
                           "--plugin", str(moved))  # fmt: skip
@@ -106,20 +113,20 @@ def write(path: Path, text: str) -> Path:
 def test_bad_plugins_are_one_line_errors(run_script, tmp_path):
     common = ["--task", "toy", "--num_per_class", "5", "--out_root", str(tmp_path)]
     proc = run_script("train_cnn.py", "--plugin", str(tmp_path / "nothere.py"), *common)
-    one_line_error(proc, "--plugin", "nothere.py", "no such file")
+    refused(proc, "--plugin", "nothere.py", "no such file")
     proc = run_script("train_cnn.py", "--plugin", "no_such_module_anywhere", *common)
-    one_line_error(proc, "--plugin no_such_module_anywhere", "no file or importable module")
+    refused(proc, "--plugin no_such_module_anywhere", "no file or importable module")
     empty = write(tmp_path / "empty.py", "X = 1\n")
-    one_line_error(run_script("train_cnn.py", "--plugin", str(empty), *common), "declares no task, model family")
+    refused(run_script("train_cnn.py", "--plugin", str(empty), *common), "declares no task, model family")
     broken = write(tmp_path / "broken.py", "import torch\n\nraise RuntimeError('my bug')\n")
-    one_line_error(run_script("train_cnn.py", "--plugin", str(broken), *common),
+    refused(run_script("train_cnn.py", "--plugin", str(broken), *common),
                    "failed to import: RuntimeError: my bug (broken.py, line 3)")  # fmt: skip
     twin = write(tmp_path / "twin.py", PLUGIN.read_text())
     proc = run_script("train_cnn.py", "--plugin", str(PLUGIN), "--plugin", str(twin), *common)
-    one_line_error(proc, "task 'toy' is declared by plug-in", str(PLUGIN), str(twin), "rename")
+    refused(proc, "task 'toy' is declared by plug-in", str(PLUGIN), str(twin), "rename")
     shadow = write(tmp_path / "shadow.py", PLUGIN.read_text().replace('name="toy"', 'name="mnist3"'))
     proc = run_script("train_cnn.py", "--plugin", str(shadow), *common)
-    one_line_error(proc, "task 'mnist3' is declared by the package itself and by plug-in")
+    refused(proc, "task 'mnist3' is declared by the package itself and by plug-in")
     assert proc.returncode == 2 and not (tmp_path / "models").exists() and not (tmp_path / "data").exists()
 
 
@@ -128,14 +135,14 @@ def test_a_recipe_a_replay_cannot_follow_is_refused(toy_run, run_script):
     dropout layers refuses a dropout rate."""
     out = toy_run("toymlp", "--dropout", "0.2")
     flags = [*EXPERIMENT, "--seed_id", "0", "--out_root", str(out)]
-    one_line_error(run_script("tda_cnn_scripts/ud.py", *flags), "ud differentiates", "dropout", "use loo-scratch")
-    one_line_error(run_script("tda_cnn_scripts/tracin.py", "--kind", "ideal", *flags), "dropout", "tracin-cp")
-    one_line_error(run_script("tda_cnn_scripts/loo.py", "--protocol", "scratch", "--stack", "4", *flags),
+    refused(run_script("tda_cnn_scripts/ud.py", *flags), "ud differentiates", "dropout", "use loo-scratch")
+    refused(run_script("tda_cnn_scripts/tracin.py", "--kind", "ideal", *flags), "dropout", "tracin-cp")
+    refused(run_script("tda_cnn_scripts/loo.py", "--protocol", "scratch", "--stack", "4", *flags),
                    "--stack 4", "cannot be stacked", "dropout")  # fmt: skip
     assert not (out / "tda_scores").exists()
     proc = run_script("train_cnn.py", "--task", "mnist3", "--num_per_class", "10", "--dropout", "0.1",
                       "--out_root", str(out))  # fmt: skip
-    one_line_error(proc, "--dropout 0.1", "cnn family", "no dropout layers")
+    refused(proc, "--dropout 0.1", "cnn family", "no dropout layers")
     config = json.loads((seed_model_dir(out, "toymlp", "toy", 5, 0) / "metrics.json").read_text())["config"]
     assert config["dropout"] == 0.2
 
@@ -144,8 +151,8 @@ def test_batchnorm_under_stack_is_refused_and_trains_alone(toy_run, run_script):
     out = toy_run("toybn")
     flags = ["--model", "toybn", "--task", "toy", "--num_per_class", "5", "--seed_id", "0", "--out_root", str(out)]
     proc = run_script("tda_cnn_scripts/loo.py", "--protocol", "scratch", "--stack", "4", *flags)
-    one_line_error(proc, "--stack 4", "toybn family's retrains cannot be stacked", "BatchNorm1d", "--stack 1")
-    one_line_error(run_script("tda_cnn_scripts/ud.py", *flags), "BatchNorm1d", "batch's own statistics")
+    refused(proc, "--stack 4", "toybn family's retrains cannot be stacked", "BatchNorm1d", "--stack 1")
+    refused(run_script("tda_cnn_scripts/ud.py", *flags), "BatchNorm1d", "batch's own statistics")
     assert not (out / "tda_scores").exists()
     proc = run_script(
         "tda_cnn_scripts/loo.py", "--protocol", "scratch", "--workers", "1", *flags
@@ -180,7 +187,7 @@ def test_an_installed_entry_point_registers_with_the_package(monkeypatch):
 def test_suggested_commands_carry_the_plugins(toy_run, run_script, tmp_path):
     proc = run_script("train_cnn.py", "--plugin", str(PLUGIN), "--arch", "toymlp", "--task", "toy",
                       "--num_per_class", "7", "--out_root", str(tmp_path))  # fmt: skip
-    one_line_error(proc, f"make_subsets.py --task toy --num_per_class 7 --out_root {tmp_path} --plugin {PLUGIN}")
+    refused(proc, f"make_subsets.py --task toy --num_per_class 7 --out_root {tmp_path} --plugin {PLUGIN}")
 
 
 def test_every_backend_passes_the_plugins_to_every_task(tmp_path):

@@ -16,6 +16,7 @@ from ..core.paths import REPO_ROOT, resolve_out_root, results_dir
 from ..data.flags import add_data_root, add_num_per_class, add_task
 from ..methods import registry
 from ..models import families
+from ..runs.ensemble import recipe_of
 from ..runs.subset_retrains import SCRIPT as LDS_SCRIPT
 from ..runs.subset_retrains import SubsetRetrainOptions
 from ..training.recipe import RecipeOptions
@@ -144,6 +145,7 @@ def spec_from_args(p: Parser, args) -> ExperimentSpec:
         p.error(f"{', '.join(lds)}: for the LDS retrains; add {LDS} to --methods")
     try:
         recipe = from_args(RecipeOptions, args)
+        recipe_of(args.model, args.task, recipe)  # a recipe step 1 would refuse is refused before anything starts
     except UserError as exc:
         p.error(str(exc))
     return ExperimentSpec(

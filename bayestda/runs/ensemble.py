@@ -37,7 +37,7 @@ from ..data.tasks import get_task
 from ..models import families
 from ..models.vit import DEFAULT_VIT, LoraSpec
 from ..training.loop import batch_orders, evaluate, train
-from ..training.posterior import POSTERIOR_MODES, model_name, posterior_seeds
+from ..training.posterior import POSTERIOR_MODES, model_name, parse_model_name, posterior_seeds
 from ..training.recipe import RecipeOptions, TrainConfig, make_optimizer
 from ..training.recipe import resolve as resolve_recipe
 
@@ -73,6 +73,13 @@ class EnsembleSpec:
             raise UserError(f"--dropout {cfg.dropout:g}: the {family.name} family's models have no dropout layers; "
                             "leave it at 0")  # fmt: skip
         return cfg
+
+
+def recipe_of(model: str, task: str, flags: RecipeOptions) -> TrainConfig:
+    """The recipe the seeds of a model name (`cnn3-deinit`) on a task train with under these flags; a one-line error
+    for one they cannot train with."""
+    family = families.of_model(model)
+    return EnsembleSpec(task, 1, family.arch_of(parse_model_name(model)[0]), recipe=flags).train_config
 
 
 def indices_digest(idx: torch.Tensor) -> str:

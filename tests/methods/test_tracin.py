@@ -23,11 +23,16 @@ from bayestda.training.recipe import RecipeOptions
 EPOCHS, SEED = 3, read_seeds()[0]
 
 
-@pytest.fixture(scope="module", params=["cnn2", "logreg"])
+RECIPES = {"cnn2": RecipeOptions(epochs=EPOCHS), "logreg": RecipeOptions(epochs=EPOCHS),
+           "logreg-sgd": RecipeOptions(epochs=EPOCHS, optimizer="sgd", lr=0.05, momentum=0.9)}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=list(RECIPES))
 def samples(request, tmp_path_factory, data_root):
-    """One seed trained for 3 epochs on MNIST3 20pc (60 images: batches of 32 and 28), scored on 12 test images."""
+    """One seed trained for 3 epochs on MNIST3 20pc (60 images: batches of 32 and 28), scored on 12 test images: the
+    CNN and logreg with the paper's Adam, and logreg with SGD and momentum."""
     out = tmp_path_factory.mktemp(request.param)
-    spec = EnsembleSpec("mnist3", 20, request.param, recipe=RecipeOptions(epochs=EPOCHS))
+    spec = EnsembleSpec("mnist3", 20, request.param.split("-")[0], recipe=RECIPES[request.param])
     with single_thread():
         train_ensemble(spec, [SEED], data_root, out, torch.device("cpu"))
     loaded = load_seed_samples(spec.model, "mnist3", 20, SEED, out, data_root)
@@ -41,12 +46,15 @@ def _flat_grad(model, params, x, y) -> torch.Tensor:
 
 
 def reference_tracin(samples, kind: str) -> torch.Tensor:
-    """Retrain from the seed's initialisation with its batch order and a plain Adam loop; at every epoch end (cp)
-    or before every step (ideal), add lr·(∇ℓ_j·∇L(z)) (ideal: lr/B) pair by pair."""
+    """Retrain from the seed's initialisation with its batch order and a plain Adam (or SGD) loop; at every epoch end
+    (cp) or before every step (ideal), add lr·(∇ℓ_j·∇L(z)) (ideal: lr/B) pair by pair."""
     config = samples.configs[-1]
     model = families.init(config)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    if config["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"])
+    else:
+        opt = torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
     x, y, test = samples.train.x, samples.train.y, samples.test
     tau = torch.zeros(len(y), len(test.y), dtype=torch.float64)
 

@@ -192,6 +192,8 @@ def test_ray_backend_equals_the_local_one(by_runner, data_root, tmp_path):
         (["--backend", "slurm", "--slurm_cpus", "0"], "--slurm_cpus must be at least 1, got 0"),
         (["--backend", "slurm", "--slurm_time", "0"], "--slurm_time must be at least 1, got 0"),
         (["--epochs", "x"], "--epochs must be an integer, got 'x'"),
+        (["--dropout", "0.1"], "--dropout 0.1: the cnn family's models have no dropout layers"),
+        (["--momentum", "0.9"], "--momentum and --nesterov are for --optimizer sgd, not adam"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys, extra, message):
