@@ -88,6 +88,7 @@ def load(spec: str, source: str = FLAG) -> str:
     name = canonical(spec)
     if name in _loaded:
         return name
+    imported_before = not _is_path(spec) and spec in sys.modules  # its declarations were made then, as the package's
     _loaded[name] = []
     try:
         with _as(name):
@@ -95,7 +96,7 @@ def load(spec: str, source: str = FLAG) -> str:
     except BaseException:
         del _loaded[name]
         raise
-    if not _loaded[name]:
+    if not _loaded[name] and not imported_before:
         del _loaded[name]
         raise UserError(f"{source} {spec}: it declares no task, model family or method; a plug-in calls "
                         "register(...) (bayestda.data.tasks, bayestda.models.families, bayestda.methods.registry) "
