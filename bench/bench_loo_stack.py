@@ -25,13 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bayestda.core.allocator import retain_freed_memory
 from bayestda.core.cli import resolve_device
-from bayestda.core.paths import REPO_ROOT, resolve_data_root
-from bayestda.data.subsets import load_subset
-from bayestda.data.tasks import get_task
-from bayestda.models import families
 from bayestda.runs import retrains
-from bayestda.training.loop import batch_orders
-from bayestda.training.recipe import TrainConfig
+from bench import seed_bench
 
 
 def timed(device, fn):
@@ -47,25 +42,15 @@ def timed(device, fn):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="cnn2", choices=families.archs("train_cnn.py"), help="the model to retrain")
-    p.add_argument("--task", default="cifar10", choices=["mnist3", "cifar10"])
-    p.add_argument("--num_per_class", type=int, default=50)
+    seed_bench.add_scratch_retrain_args(p, arch="cnn2", task="cifar10", num_per_class=50)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--stacks", default="32,128,256,501", help="comma-separated stack sizes to time")
     p.add_argument("--reference_retrains", type=int, default=8, help="one-at-a-time retrains timed and scaled")
-    p.add_argument("--data_root", default=None)
     args = p.parse_args()
     retain_freed_memory()  # as the step scripts do (cli.run)
     device = resolve_device(args.device)
-    data_root = resolve_data_root(args.data_root)
-    train = load_subset(args.task, "train", args.num_per_class, data_root, REPO_ROOT)
-    test = load_subset(args.task, "test", None, data_root, REPO_ROOT).to(device)
-    cfg = TrainConfig(epochs=get_task(args.task).epochs)
-    n = len(train)
-    ctx = retrains.RetrainContext(
-        {"family": families.of_arch(args.arch).name, "arch": args.arch, "task": args.task, "init_seed": 0}, train, test, cfg, batch_orders(n, cfg.epochs, 0),
-        start_states=[], eval_epochs=tuple(range(cfg.epochs - 4, cfg.epochs + 1)), device=str(device),
-    )  # fmt: skip
+    ctx, train, test = seed_bench.scratch_retrains(args, device)
+    cfg, n = ctx.cfg, len(train)
     jobs = [retrains.Retrain(None, zero_weight=False)] + [retrains.Retrain(j, zero_weight=False) for j in range(n)]
     print(f"{args.arch} {args.task}-{args.num_per_class}pc: {n} train, {len(test)} test, {cfg.epochs} epochs; device {device}"
           f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")  # fmt: skip

@@ -27,13 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bayestda.core.allocator import retain_freed_memory
-from bayestda.core.paths import REPO_ROOT, resolve_data_root
-from bayestda.data.subsets import load_subset
-from bayestda.data.tasks import get_task
-from bayestda.models import families
 from bayestda.runs import retrains
-from bayestda.training.loop import batch_orders
-from bayestda.training.recipe import TrainConfig
+from bench import seed_bench
 
 
 def timed(fn):
@@ -44,23 +39,14 @@ def timed(fn):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="logreg", choices=families.archs("train_cnn.py"), help="the model to retrain")
-    p.add_argument("--task", default="mnist3", choices=["mnist3", "cifar10"])
-    p.add_argument("--num_per_class", type=int, default=10)
+    seed_bench.add_scratch_retrain_args(p, arch="logreg", task="mnist3", num_per_class=10)
     p.add_argument("--retrains", type=int, default=31, help="retrains timed (a seed's LOO-scratch has n + 1)")
     p.add_argument("--workers", type=int, default=2, help="worker processes of the pool")
-    p.add_argument("--data_root", default=None)
     args = p.parse_args()
     retain_freed_memory()  # as the step scripts do (cli.run)
-    data_root = resolve_data_root(args.data_root)
-    train = load_subset(args.task, "train", args.num_per_class, data_root, REPO_ROOT)
-    test = load_subset(args.task, "test", None, data_root, REPO_ROOT)
-    cfg = TrainConfig(epochs=get_task(args.task).epochs)
-    config = {"family": families.of_arch(args.arch).name, "arch": args.arch, "task": args.task, "init_seed": 0}
-    ctx = retrains.RetrainContext(config, train, test, cfg, batch_orders(len(train), cfg.epochs, 0), start_states=[],
-                                  eval_epochs=tuple(range(cfg.epochs - 4, cfg.epochs + 1)))  # fmt: skip
+    ctx, train, _ = seed_bench.scratch_retrains(args)
     jobs = [retrains.Retrain(j, zero_weight=False) for j in range(min(args.retrains, len(train)))]
-    print(f"{args.arch} {args.task}-{args.num_per_class}pc: {len(jobs)} retrains of {cfg.epochs} epochs, "
+    print(f"{args.arch} {args.task}-{args.num_per_class}pc: {len(jobs)} retrains of {ctx.cfg.epochs} epochs, "
           f"{args.workers} workers, {os.cpu_count()} cores")  # fmt: skip
 
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=retrains._init_worker,

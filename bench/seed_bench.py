@@ -42,3 +42,35 @@ def run_alone(script: str, *job: str) -> tuple[dict | None, str]:
     if proc.returncode != 0:
         return None, (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
     return json.loads(proc.stdout.strip().splitlines()[-1]), ""
+
+
+def add_scratch_retrain_args(p: argparse.ArgumentParser, arch: str, task: str, num_per_class: int) -> None:
+    """--arch --task --num_per_class --data_root of a benchmark of LOO `scratch` retrains (`scratch_retrains`)."""
+    from bayestda.models import families
+
+    p.add_argument("--arch", default=arch, choices=families.archs("train_cnn.py"), help="the model to retrain")
+    p.add_argument("--task", default=task, choices=["mnist3", "cifar10"])
+    p.add_argument("--num_per_class", type=int, default=num_per_class)
+    p.add_argument("--data_root", default=None)
+
+
+def scratch_retrains(args, device="cpu"):
+    """(`RetrainContext`, train, test) of LOO `scratch` retrains of `args.arch` on the task's training subset, as
+    `tda_cnn_scripts/loo.py` runs them: initialisation and batch order of seed 0, the task's epochs, test losses at
+    the last 5 epochs."""
+    from bayestda.core.paths import REPO_ROOT, resolve_data_root
+    from bayestda.data.subsets import load_subset
+    from bayestda.data.tasks import get_task
+    from bayestda.models import families
+    from bayestda.runs import retrains
+    from bayestda.training.loop import batch_orders
+    from bayestda.training.recipe import TrainConfig
+
+    data_root = resolve_data_root(args.data_root)
+    train = load_subset(args.task, "train", args.num_per_class, data_root, REPO_ROOT)
+    test = load_subset(args.task, "test", None, data_root, REPO_ROOT).to(device)
+    cfg = TrainConfig(epochs=get_task(args.task).epochs)
+    config = {"family": families.of_arch(args.arch).name, "arch": args.arch, "task": args.task, "init_seed": 0}
+    ctx = retrains.RetrainContext(config, train, test, cfg, batch_orders(len(train), cfg.epochs, 0), start_states=[],
+                                  eval_epochs=tuple(range(cfg.epochs - 4, cfg.epochs + 1)), device=str(device))  # fmt: skip
+    return ctx, train, test

@@ -25,7 +25,7 @@ from scipy import stats
 from ..artifacts.checkpoints import retrained_since
 from ..artifacts.scores import load_scores
 from ..core.errors import UserError
-from ..core.paths import experiment_name, parse_size, read_seeds, results_dir, score_file, seed_model_dir
+from ..core.paths import experiment_name, read_seeds, results_dir, score_file, seed_model_dir, split_experiment_name
 from ..data.tasks import get_task
 from ..methods import registry
 from ..methods.registry import score_command
@@ -159,11 +159,11 @@ class Experiment:
 
 def parse_experiment_name(name: str) -> tuple[str, str, int]:
     """`cnn3-deinit_mnist3_50pc` -> ("cnn3-deinit", "mnist3", 50)."""
-    parts = name.split("_")
-    if len(parts) != 3 or (size := parse_size(parts[2])) is None:
+    parsed = split_experiment_name(name)
+    if parsed is None:
         raise UserError(f"--experiment {name!r} is not of the form <model>_<task>_<n>pc, e.g. cnn_mnist3_50pc")
-    get_task(parts[1])
-    return parts[0], parts[1], size
+    get_task(parsed[1])
+    return parsed
 
 
 def remake(model: str, method: str, task: str, num_per_class: int, seed: int) -> str:

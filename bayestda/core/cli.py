@@ -15,7 +15,8 @@ import torch
 from . import hints, lifeline, plugins
 from .allocator import retain_freed_memory
 from .errors import UserError
-from .paths import read_seeds, resolve_out_root
+from .options import typed
+from .paths import read_seeds, resolve_out_root, split_experiment_name
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -78,11 +79,8 @@ class Parser(argparse.ArgumentParser):
 def _load_recorded_plugins(ns: argparse.Namespace) -> None:
     """The plug-ins recorded by the training runs the flags name (--experiment, or --model/--task/--num_per_class)."""
     experiment = getattr(ns, "experiment", None)
-    if isinstance(experiment, str) and experiment.count("_") == 2 and experiment.endswith("pc"):
-        model, task, size = experiment.split("_")
-        size = size[:-2]
-    else:
-        model, task, size = (getattr(ns, k, None) for k in ("model", "task", "num_per_class"))
+    named = split_experiment_name(experiment) if isinstance(experiment, str) else None
+    model, task, size = named or (getattr(ns, k, None) for k in ("model", "task", "num_per_class"))
     if all(isinstance(v, str | int) for v in (model, task, size)):
         plugins.load_recorded_runs(resolve_out_root(getattr(ns, "out_root", None)), model, task, size)
 
@@ -91,10 +89,7 @@ def at_least(low: int) -> Callable[[str], int]:
     """An argparse `type`: an integer no smaller than `low`, else a one-line flag error (never clamped)."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        value = typed(int)(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value

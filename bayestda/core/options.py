@@ -63,11 +63,11 @@ def add_arguments(p: argparse.ArgumentParser, cls) -> None:
         if meta["choices"]:
             kwargs["choices"] = list(meta["choices"])
         if not meta["auto"]:
-            kwargs["type"] = _typed(kind)
+            kwargs["type"] = typed(kind)
         p.add_argument(flag_name(f), **kwargs)
 
 
-def _typed(kind: type):
+def typed(kind: type):
     """An argparse `type` for int, float or str whose error reads `must be an integer, got 'x'`."""
     if kind is str:
         return str

@@ -67,21 +67,39 @@ def find_subset_file(out_root: Path, name: str, task: str) -> Path | None:
     return None
 
 
-def experiment_name(model: str, task: str, num_per_class: int) -> str:
+ALL = "all"  # a training-set size: the whole split (of a task's classes), `--num_per_class all`
+
+
+def size_of(text: str) -> int | str | None:
+    """A training-set size as written (`50`, `all`) -> 50 or "all"; None for anything else."""
+    return int(text) if text.isdigit() else ALL if text == ALL else None
+
+
+def size_of_token(token: str) -> int | str | None:
+    """The training-set size of an artifact name's `<n>pc` part: `50pc` -> 50, `allpc` -> "all"; None otherwise."""
+    return size_of(token[:-2]) if token.endswith("pc") else None
+
+
+def experiment_name(model: str, task: str, num_per_class: int | str) -> str:
     """E.g. `cnn_mnist3_50pc` or `cnn3-deinit_mnist3_50pc`."""
     return f"{model}_{task}_{num_per_class}pc"
 
 
-def seed_model_dir(out_root: Path, model: str, task: str, num_per_class: int, seed: int) -> Path:
-    return out_root / "models" / model / f"{task}_{num_per_class}pc" / str(seed)
-
-
-def parse_size(token: str) -> int | str | None:
-    """The training-set size of an artifact name's `<n>pc` part: `50pc` -> 50, `allpc` -> "all"; None otherwise."""
-    if not token.endswith("pc"):
+def split_experiment_name(name: str) -> tuple[str, str, int | str] | None:
+    """`cnn3-deinit_mnist3_50pc` -> ("cnn3-deinit", "mnist3", 50); None for a name not of that form."""
+    parts = name.split("_")
+    if len(parts) != 3 or (size := size_of_token(parts[2])) is None:
         return None
-    n = token[:-2]
-    return int(n) if n.isdigit() else n if n == "all" else None
+    return parts[0], parts[1], size
+
+
+def run_dir(out_root: Path, model: str, task: str, num_per_class: int | str) -> Path:
+    """The folder of an experiment's training runs, one sub-folder per seed."""
+    return Path(out_root) / "models" / model / f"{task}_{num_per_class}pc"
+
+
+def seed_model_dir(out_root: Path, model: str, task: str, num_per_class: int | str, seed: int) -> Path:
+    return run_dir(out_root, model, task, num_per_class) / str(seed)
 
 
 def parse_seed_dir(seed_dir: Path) -> tuple[str, str, int | str, int] | None:
@@ -89,7 +107,7 @@ def parse_seed_dir(seed_dir: Path) -> tuple[str, str, int | str, int] | None:
     seed_dir = Path(seed_dir)
     model, run, seed = seed_dir.parent.parent.name, seed_dir.parent.name, seed_dir.name
     task, _, n = run.rpartition("_")
-    size = parse_size(n)
+    size = size_of_token(n)
     if seed_dir.parent.parent.parent.name != "models" or not seed.isdigit() or size is None:
         return None
     return model, task, size, int(seed)

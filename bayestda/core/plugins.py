@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import UserError
+from .paths import run_dir
 
 GROUP = "bayestda.plugins"  # entry-point group of installed plug-ins
 FLAG = "--plugin"
@@ -198,7 +199,7 @@ def ensure(config: dict, source: str) -> None:
 def load_recorded_runs(out_root: Path, model: str, task: str, num_per_class) -> None:
     """Load the plug-ins that the training runs of an experiment recorded (their `metrics.json`), so that a step
     named by --model/--task/--num_per_class or --experiment needs no --plugin for a plug-in's task or family."""
-    folder = Path(out_root) / "models" / model / f"{task}_{num_per_class}pc"
+    folder = run_dir(out_root, model, task, num_per_class)
     if not folder.is_dir():
         return
     for metrics in sorted(folder.glob("*/metrics.json")):

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from ..core.cli import Parser
-from ..core.paths import DATA_ROOT_ENV
-from .tasks import ALL, PAPER_REPO, PAPER_SUBSETS_ENV, SUBSETS, get_task, parse_size, summaries, task_name
+from ..core.paths import ALL, DATA_ROOT_ENV, size_of
+from .tasks import PAPER_REPO, PAPER_SUBSETS_ENV, SUBSETS, get_task, summaries, task_name
 
 
 class _ExportDir(argparse.Action):
@@ -25,11 +25,11 @@ class _ExportDir(argparse.Action):
 
 
 def _size(text: str) -> int | str:
-    try:
-        return parse_size(text)
-    except ValueError:
+    """--num_per_class: a whole number of training images per class, or `all` (the whole split)."""
+    if (size := size_of(text)) in (None, 0):
         raise argparse.ArgumentTypeError(f"must be a whole number of training images per class (at least 1), or {ALL} "
-                                         f"for the whole training split, got {text!r}") from None  # fmt: skip
+                                         f"for the whole training split, got {text!r}")  # fmt: skip
+    return size
 
 
 _size.__name__ = "size"

@@ -30,8 +30,8 @@ import torch
 from ..core import hints
 from ..core.errors import UserError
 from ..core.io import atomic_write_text
-from ..core.paths import REPO_ROOT, find_subset_file, test_subset_file, train_subset_file
-from .tasks import ALL, PAPER_REPO, PAPER_SUBSETS_ENV, Task, get_task, task_name
+from ..core.paths import ALL, REPO_ROOT, find_subset_file, size_of_token, test_subset_file, train_subset_file
+from .tasks import PAPER_REPO, PAPER_SUBSETS_ENV, Task, get_task, task_name
 
 SUBSET_SIZES = (10, 20, 30, 40, 50, 60)  # the sizes per class make_subsets.py writes by default
 SUBSET_RNG_SEED = 20231210  # fixed: the committed index files are regenerated bit for bit from it
@@ -97,8 +97,8 @@ def _size_key(n: int | str) -> tuple:
 
 def _sizes_in(folder: Path) -> list[int | str]:
     """The n of every train_subset_<n>pc.txt in a folder (`all` last)."""
-    found = (p.stem.removeprefix("train_subset_").removesuffix("pc") for p in folder.glob("train_subset_*pc.txt"))
-    return sorted((int(n) if n.isdigit() else n for n in found if n.isdigit() or n == ALL), key=_size_key)
+    found = (size_of_token(p.stem.removeprefix("train_subset_")) for p in folder.glob("train_subset_*pc.txt"))
+    return sorted((n for n in found if n is not None), key=_size_key)
 
 
 def available_sizes(out_root: Path, task: str) -> list[int | str]:

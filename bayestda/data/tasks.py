@@ -7,7 +7,7 @@ paper's two, or a plug-in's module for a user's own (`core.plugins`; `examples/d
 - which labels it keeps (`classes`), how many logits a model has (`num_outputs`) and the input shape;
 - which images an experiment uses: the test subset (`test_per_class` images per class, or the whole test split)
   and the rule for training subsets (`pool`: the indices a subset may be drawn from; by default all of them),
-  from which `data.subsets` draws balanced, nested subsets of any size per class, or the whole split (`ALL`);
+  from which `data.subsets` draws balanced, nested subsets of any size per class, or the whole split (`all`);
 - its default training budget (`epochs`) and, optionally, a default training recipe (`recipe`,
   `training.recipe.TrainConfig` fields).
 
@@ -32,7 +32,6 @@ from ..core.registry import Registry
 SUBSETS = ("nested", "paper")  # --subsets choices; the first is the default
 PAPER_SUBSETS_ENV = "BAYESTDA_PAPER_SUBSETS"
 PAPER_REPO = "github.com/ElisaNguyen/bayesian-tda"
-ALL = "all"  # --num_per_class all: the whole training split (of the task's classes, within its pool)
 NAME = re.compile(r"[a-z][a-z0-9]*")  # artifact names join task, model and size with '_' and '-'
 
 
@@ -126,13 +125,3 @@ def task_argv(task: str) -> list[str]:
 def summaries() -> str:
     """Every task with its summary, for --help."""
     return "; ".join(f"{t.name}: {t.summary}" for t in all_tasks().values())
-
-
-def parse_size(text: str | int) -> int | str:
-    """--num_per_class: a whole number of training images per class, or `all` (the whole split)."""
-    if text == ALL or isinstance(text, int):
-        return text
-    if isinstance(text, str) and text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise ValueError(f"--num_per_class {text!r}: give a whole number of training images per class (at least 1), "
-                     f"or {ALL} for the whole training split")  # fmt: skip

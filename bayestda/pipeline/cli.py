@@ -22,7 +22,16 @@ from ..runs.subset_retrains import SubsetRetrainOptions
 from ..training.recipe import RecipeOptions
 from . import slurm
 from .execute import LocalExecutor, RayExecutor, execute, write_report
-from .graph import ALL, DEFAULT_METHODS, LDS, ExperimentSpec, build_graph, kept_methods, pending, resolve_methods
+from .graph import (
+    ALL_METHODS,
+    DEFAULT_METHODS,
+    LDS,
+    ExperimentSpec,
+    build_graph,
+    kept_methods,
+    pending,
+    resolve_methods,
+)
 
 
 def parser(doc: str) -> Parser:
@@ -39,7 +48,7 @@ def parser(doc: str) -> Parser:
     g.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated score-file names ({', '.join(registry.score_names())}), or {ALL} for every one; a bare "
+        help=f"comma-separated score-file names ({', '.join(registry.score_names())}), or {ALL_METHODS} for every one; a bare "
         + ", ".join(f"{m.name} takes its variant from --{m.variant}" for m in with_variants)
         + f"; and {LDS}: each seed's LDS retrains ({LDS_SCRIPT}, for compute_lds.py)",
     )

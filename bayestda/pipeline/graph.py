@@ -38,7 +38,7 @@ from ..training.recipe import RecipeOptions
 # (`--protocol`, `--solver`), whose default is the paper's.
 DEFAULT_METHODS = tuple(name.split("-", 1)[0] for name in registry.PAPER_METHODS)
 LDS = "lds"  # in --methods: each seed's LDS retrains (retrain_subsets.py), not a method
-ALL = "all"  # in --methods: every registered method, each variant
+ALL_METHODS = "all"  # in --methods: every registered method, each variant
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def resolve_methods(names: list[str], variants: dict[str, str] | None = None) ->
     names are an error."""
     variants = variants or {}
     out = []
-    for name in [n for given in names for n in (registry.score_names() if given == ALL else [given])]:
+    for name in [n for given in names for n in (registry.score_names() if given == ALL_METHODS else [given])]:
         method = registry.get(name)
         if name == method.name and method.variant:
             name = f"{name}-{variants.get(method.variant, method.default_variant)}"
